@@ -1,0 +1,23 @@
+//! Builds the eBPF programs (`ebpf/`) with aya-build and leaves the object in OUT_DIR, where
+//! `src/datapath/object.rs` embeds it. With AYA_BUILD_SKIP=1 (no bpf-linker, e.g. a plain
+//! `cargo check`) it leaves an empty stub instead, and the agent says so when it starts.
+use std::{env, fs, path::PathBuf};
+
+use anyhow::{anyhow, Context as _};
+
+fn main() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
+    let object = out_dir.join("viking");
+    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if skip {
+        println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+        fs::write(&object, b"").with_context(|| format!("writing stub {}", object.display()))?;
+        return Ok(());
+    }
+    let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let root = PathBuf::from(manifest_dir).join("..").join("ebpf");
+    let root = root.canonicalize().with_context(|| format!("no eBPF crate at {}", root.display()))?;
+    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    let package = aya_build::Package { name: "viking-ebpf", root_dir: root, ..Default::default() };
+    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+}

@@ -1,0 +1,84 @@
+//! The kernel datapath: the eBPF socket load balancer and its service table.
+//!
+//! - `programs`: load the embedded object, attach to a cgroup, pin maps and links.
+//! - `table`: the typed service table (upsert/remove/list with counters).
+//! - `spec`: the plain types the rest of the agent speaks.
+mod error;
+mod ids;
+pub mod log;
+pub mod mounts;
+mod object;
+mod programs;
+mod spec;
+mod table;
+
+use std::path::{Path, PathBuf};
+
+pub use error::DatapathError;
+pub use spec::{Algo, Frontend, Proto, ServiceSpec};
+pub use table::{BackendStatus, ServiceStatus, ServiceTable, GRACE};
+
+/// Where one agent's datapath lives.
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    /// The cgroup v2 directory the programs attach to (sockets of processes below it).
+    pub cgroup: PathBuf,
+    /// This agent's bpffs directory: `maps/` and `links/` are pinned inside.
+    pub bpffs: PathBuf,
+}
+
+impl DatapathConfig {
+    pub fn maps_dir(&self) -> PathBuf {
+        maps_dir(&self.bpffs)
+    }
+}
+
+pub fn maps_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("maps")
+}
+
+fn links_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("links")
+}
+
+/// A running datapath: programs attached, maps open.
+pub struct Datapath {
+    ebpf: aya::Ebpf,
+    pub table: ServiceTable,
+}
+
+impl Datapath {
+    /// Loads and attaches the programs. Pinned maps of an earlier agent are reused with their
+    /// contents, and its pinned links are replaced without a gap: a restart keeps every
+    /// service and established connection.
+    pub fn start(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        mounts::ensure_bpffs(&config.bpffs)?;
+        let maps = config.maps_dir();
+        let links = links_dir(&config.bpffs);
+        for dir in [&maps, &links] {
+            std::fs::create_dir_all(dir).map_err(DatapathError::io("creating", dir.clone()))?;
+        }
+        let mut ebpf = programs::load(&maps)?;
+        programs::attach_all(&mut ebpf, &config.cgroup, &links)?;
+        let mut table = ServiceTable::open(&maps)?;
+        let orphans = table.collect_orphans()?;
+        tracing::info!(
+            cgroup = %config.cgroup.display(),
+            bpffs = %config.bpffs.display(),
+            services = table.list()?.len(),
+            orphans,
+            "datapath attached"
+        );
+        Ok(Self { ebpf, table })
+    }
+
+    /// Forwards the programs' aya-log records into `tracing` (needs a tokio runtime).
+    pub fn spawn_log(&mut self) {
+        log::spawn(&mut self.ebpf);
+    }
+
+    /// Detaches the programs and deletes every pin: what `viking agent --cleanup` does.
+    pub fn remove(bpffs: &Path) -> Result<(), DatapathError> {
+        programs::remove_all(bpffs)
+    }
+}

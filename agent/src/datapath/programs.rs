@@ -1,0 +1,107 @@
+//! Loading the embedded object and attaching its programs to a cgroup, with maps and links
+//! pinned so that the datapath outlives the agent process.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, SockOps,
+    },
+    Ebpf, EbpfLoader,
+};
+use viking_common::{maps, programs};
+
+use super::{error::DatapathError, object::OBJECT};
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SENDMSG4,
+    programs::SENDMSG6,
+    programs::RECVMSG4,
+    programs::RECVMSG6,
+    programs::GETPEERNAME4,
+    programs::GETPEERNAME6,
+];
+
+/// Loads the object, reusing maps already pinned under `maps_dir` (their contents survive).
+pub fn load(maps_dir: &Path) -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        return Err(DatapathError::NoObject);
+    }
+    let mut loader = EbpfLoader::new();
+    for name in maps::PINNED {
+        loader.map_pin_path(name, maps_dir.join(name));
+    }
+    Ok(loader.load(OBJECT)?)
+}
+
+/// Attaches every program to `cgroup` and pins its link under `links_dir`.
+///
+/// A link pinned by an earlier agent stays attached until the new one is in place, so that
+/// sockets see no moment without the programs; then it is unpinned, which detaches it.
+pub fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()> {
+    let cg = File::open(cgroup).map_err(DatapathError::io("opening cgroup", cgroup))?;
+    // NB: a macro, not a function: aya's program types share these methods but no trait.
+    macro_rules! attach {
+        ($ty:ty, $name:expr) => {{
+            let name: &'static str = $name;
+            let err = |source| DatapathError::Program { name, source };
+            let prog: &mut $ty = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(err)?;
+            prog.load().map_err(err)?;
+            // NB: with bpf_link (kernel 5.7+) "Single" means flags 0, and links on one cgroup
+            // still run side by side; BPF_F_ALLOW_MULTI is refused there with EINVAL.
+            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(err)?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(|source| DatapathError::Link { path: links_dir.join(name), source })?;
+            replace_pin(link, &links_dir.join(name))?;
+        }};
+    }
+    for name in SOCK_ADDR_PROGRAMS {
+        attach!(CgroupSockAddr, name);
+    }
+    attach!(SockOps, programs::SOCKOPS);
+    Ok(())
+}
+
+/// Pins `link` at `path`, detaching whatever link was pinned there before.
+fn replace_pin(link: FdLink, path: &Path) -> Result<()> {
+    let staged = staged(path);
+    let _ = std::fs::remove_file(&staged);
+    let pinned = link.pin(&staged).map_err(|source| DatapathError::Pin { path: staged.clone(), source })?;
+    drop(pinned);
+    if path.exists() {
+        let old = PinnedLink::from_pin(path)
+            .map_err(|source| DatapathError::Link { path: path.to_owned(), source })?;
+        // Unpinned and dropped: the last reference goes, the kernel detaches it.
+        drop(old.unpin().map_err(DatapathError::io("unpinning", path))?);
+    }
+    std::fs::rename(&staged, path).map_err(DatapathError::io("renaming pin to", path))
+}
+
+fn staged(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    // NB: bpffs refuses names with a dot in them (EPERM).
+    s.push("_new");
+    PathBuf::from(s)
+}
+
+/// Detaches every program and deletes every pin under `dir`: the datapath is gone.
+pub fn remove_all(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(DatapathError::io("removing", dir))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! The service table: typed, atomic-for-readers programming of the pinned maps.
+//!
+//! A backend set is never edited in place. An update writes the new set under a fresh set id,
+//! then flips the service entry to it in one map update (the kernel swaps the element under
+//! RCU), then retires the old set. Retired sets are deleted only after `GRACE`, long after
+//! any program that read the old entry has finished, so a connect sees the old set or the new
+//! one, whole.
+use std::{
+    collections::HashMap as StdHashMap,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use serde::Serialize;
+use viking_common::{
+    maps, Backend, BackendKey, ServiceKey, ServiceStats, ServiceValue, MAX_BACKENDS,
+    MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, SERVICE_NAME_LEN,
+};
+
+use super::{
+    error::DatapathError,
+    ids::IdPool,
+    spec::{from_addr, from_port, to_addr, to_port, Algo, Frontend, Proto, ServiceSpec},
+};
+
+/// How long a replaced backend set stays readable before it is deleted.
+pub const GRACE: Duration = Duration::from_millis(50);
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+fn op(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::MapOp { name, source }
+}
+
+fn open_map(dir: &Path, name: &'static str) -> Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path)
+        .map_err(|source| DatapathError::Map { name, path: path.clone(), source })?;
+    Map::from_map_data(data).map_err(|source| DatapathError::Map { name, path, source })
+}
+
+/// One service as read back from the kernel, with its counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub frontend: Frontend,
+    pub algo: Algo,
+    pub id: u32,
+    pub backends: Vec<BackendStatus>,
+    /// Connections sent to a backend.
+    pub conns: u64,
+    /// Connects refused for want of a backend.
+    pub rejects: u64,
+    /// Unconnected UDP datagrams dropped for want of a backend.
+    pub drops: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendStatus {
+    pub addr: SocketAddr,
+    pub id: u32,
+    /// Established TCP connections not yet closed.
+    pub active: u64,
+    /// Connections ever sent here.
+    pub total: u64,
+}
+
+/// Typed access to the pinned service maps of one agent.
+pub struct ServiceTable {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+    active: Array<MapData, u64>,
+    total: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, ServiceStats>,
+    rr: PerCpuArray<MapData, u32>,
+    names: HashMap<MapData, u32, [u8; SERVICE_NAME_LEN]>,
+    service_ids: IdPool,
+    set_ids: IdPool,
+    backend_ids: IdPool,
+    retired: Vec<(Instant, u32, u32)>,
+    ncpus: usize,
+}
+
+impl ServiceTable {
+    /// Opens the maps pinned in `dir` (`<bpffs>/maps`) and reads back which ids are in use.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let ncpus = aya::util::nr_cpus()
+            .map_err(|(what, e)| DatapathError::io("reading", what)(e))?;
+        let services: HashMap<_, ServiceKey, ServiceValue> =
+            open_map(dir, maps::SERVICES)?.try_into().map_err(op(maps::SERVICES))?;
+        let backends: HashMap<_, BackendKey, Backend> =
+            open_map(dir, maps::BACKENDS)?.try_into().map_err(op(maps::BACKENDS))?;
+        let mut service_used = Vec::new();
+        let mut set_used = Vec::new();
+        for entry in services.iter() {
+            let (_, v) = entry.map_err(op(maps::SERVICES))?;
+            service_used.push(v.id);
+            set_used.push(v.set);
+        }
+        let mut backend_used = Vec::new();
+        for entry in backends.iter() {
+            let (k, v) = entry.map_err(op(maps::BACKENDS))?;
+            set_used.push(k.set);
+            backend_used.push(v.id);
+        }
+        Ok(Self {
+            services,
+            backends,
+            active: open_map(dir, maps::BACKEND_ACTIVE)?
+                .try_into()
+                .map_err(op(maps::BACKEND_ACTIVE))?,
+            total: open_map(dir, maps::BACKEND_TOTAL)?.try_into().map_err(op(maps::BACKEND_TOTAL))?,
+            stats: open_map(dir, maps::SERVICE_STATS)?
+                .try_into()
+                .map_err(op(maps::SERVICE_STATS))?,
+            rr: open_map(dir, maps::RR_STATE)?.try_into().map_err(op(maps::RR_STATE))?,
+            names: open_map(dir, maps::SERVICE_NAMES)?
+                .try_into()
+                .map_err(op(maps::SERVICE_NAMES))?,
+            service_ids: IdPool::with_used("service", MAX_SERVICES, service_used),
+            // Two sets per service at most: the live one and the one being replaced.
+            set_ids: IdPool::with_used("backend set", 2 * MAX_SERVICES + 2, set_used),
+            backend_ids: IdPool::with_used("backend", MAX_BACKENDS, backend_used),
+            retired: Vec::new(),
+            ncpus,
+        })
+    }
+
+    /// Deletes backend sets no service points at: leftovers of an agent that stopped between
+    /// a flip and the deletion of the old set. Call once at agent start, before serving.
+    pub fn collect_orphans(&mut self) -> Result<usize> {
+        let mut live = std::collections::HashSet::new();
+        for entry in self.services.iter() {
+            live.insert(entry.map_err(op(maps::SERVICES))?.1.set);
+        }
+        let mut orphans = Vec::new();
+        for key in self.backends.keys() {
+            let key = key.map_err(op(maps::BACKENDS))?;
+            if !live.contains(&key.set) {
+                orphans.push(key);
+            }
+        }
+        for key in &orphans {
+            self.backends.remove(key).map_err(op(maps::BACKENDS))?;
+            self.set_ids.release(key.set);
+        }
+        Ok(orphans.len())
+    }
+
+    /// Installs or replaces a service and its whole backend set. A spec equal to what is
+    /// installed changes nothing.
+    pub fn upsert(&mut self, spec: &ServiceSpec) -> Result<()> {
+        self.collect_retired(GRACE)?;
+        validate(spec)?;
+        let key = service_key(&spec.frontend);
+        let existing = match self.services.get(&key, 0) {
+            Ok(v) => Some(v),
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => return Err(op(maps::SERVICES)(e)),
+        };
+        let old_backends = match existing {
+            Some(v) => self.read_set(v.set, v.count)?,
+            None => Vec::new(),
+        };
+        if let Some(v) = existing {
+            let same = v.algo == spec.algo.number()
+                && old_backends.len() == spec.backends.len()
+                && old_backends.iter().zip(&spec.backends).all(|(b, want)| backend_addr(b) == *want);
+            if same && self.name_of(v.id)? == spec.name {
+                return Ok(());
+            }
+        }
+
+        let id = match existing {
+            Some(v) => v.id,
+            None => {
+                let id = self.service_ids.alloc().ok_or(DatapathError::IdsExhausted("service"))?;
+                self.reset_service_counters(id)?;
+                id
+            }
+        };
+        let mut keep: StdHashMap<SocketAddr, u32> =
+            old_backends.iter().map(|b| (backend_addr(b), b.id)).collect();
+        let set = self.set_ids.alloc().ok_or(DatapathError::IdsExhausted("backend set"))?;
+        let mut written = Vec::with_capacity(spec.backends.len());
+        for (slot, addr) in spec.backends.iter().enumerate() {
+            let bid = match keep.remove(addr) {
+                Some(bid) => bid,
+                None => self.new_backend_id()?,
+            };
+            let backend =
+                Backend { addr: to_addr(addr.ip()), port: to_port(addr.port()), _pad: 0, id: bid };
+            let bkey = BackendKey { set, slot: slot as u32 };
+            self.backends.insert(bkey, backend, 0).map_err(op(maps::BACKENDS))?;
+            written.push(bkey);
+        }
+        let value = ServiceValue {
+            id,
+            set,
+            count: spec.backends.len() as u32,
+            algo: spec.algo.number(),
+            _pad: [0; 3],
+        };
+        self.services.insert(key, value, 0).map_err(op(maps::SERVICES))?;
+        self.names.insert(id, name_bytes(&spec.name)?, 0).map_err(op(maps::SERVICE_NAMES))?;
+        if let Some(old) = existing {
+            self.retired.push((Instant::now(), old.set, old.count));
+        }
+        for (_, bid) in keep {
+            self.backend_ids.release(bid);
+        }
+        Ok(())
+    }
+
+    /// Removes a service; connections already made keep going. Returns whether it existed.
+    pub fn remove(&mut self, frontend: &Frontend) -> Result<bool> {
+        self.collect_retired(GRACE)?;
+        let key = service_key(frontend);
+        let old = match self.services.get(&key, 0) {
+            Ok(v) => v,
+            Err(MapError::KeyNotFound) => return Ok(false),
+            Err(e) => return Err(op(maps::SERVICES)(e)),
+        };
+        for b in self.read_set(old.set, old.count)? {
+            self.backend_ids.release(b.id);
+        }
+        self.services.remove(&key).map_err(op(maps::SERVICES))?;
+        match self.names.remove(&old.id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(op(maps::SERVICE_NAMES)(e)),
+        }
+        self.service_ids.release(old.id);
+        self.retired.push((Instant::now(), old.set, old.count));
+        Ok(true)
+    }
+
+    /// Deletes retired backend sets older than `min_age`.
+    pub fn collect_retired(&mut self, min_age: Duration) -> Result<()> {
+        let now = Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) =
+            self.retired.drain(..).partition(|(at, _, _)| now.duration_since(*at) >= min_age);
+        self.retired = keep;
+        for (_, set, count) in due {
+            for slot in 0..count {
+                match self.backends.remove(&BackendKey { set, slot }) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(op(maps::BACKENDS)(e)),
+                }
+            }
+            self.set_ids.release(set);
+        }
+        Ok(())
+    }
+
+    /// Waits out the grace period and deletes every retired set (before a process exits).
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.retired.is_empty() {
+            std::thread::sleep(GRACE);
+        }
+        self.collect_retired(Duration::ZERO)
+    }
+
+    /// Every installed service with its backends and counters, sorted by frontend.
+    pub fn list(&self) -> Result<Vec<ServiceStatus>> {
+        let mut out = Vec::new();
+        for entry in self.services.iter() {
+            let (key, value) = entry.map_err(op(maps::SERVICES))?;
+            out.push(self.status(&key, &value)?);
+        }
+        out.sort_by(|a, b| a.frontend.cmp(&b.frontend));
+        Ok(out)
+    }
+
+    /// One service, if installed.
+    pub fn get(&self, frontend: &Frontend) -> Result<Option<ServiceStatus>> {
+        let key = service_key(frontend);
+        match self.services.get(&key, 0) {
+            Ok(v) => Ok(Some(self.status(&key, &v)?)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(op(maps::SERVICES)(e)),
+        }
+    }
+
+    fn status(&self, key: &ServiceKey, value: &ServiceValue) -> Result<ServiceStatus> {
+        let stats = self.stats.get(&value.id, 0).map_err(op(maps::SERVICE_STATS))?;
+        let sum = stats.iter().fold(ServiceStats::default(), |acc, s| ServiceStats {
+            conns: acc.conns + s.conns,
+            rejects: acc.rejects + s.rejects,
+            drops: acc.drops + s.drops,
+        });
+        let mut backends = Vec::new();
+        for b in self.read_set(value.set, value.count)? {
+            let active = self.active.get(&b.id, 0).map_err(op(maps::BACKEND_ACTIVE))?;
+            let total = self.total.get(&b.id, 0).map_err(op(maps::BACKEND_TOTAL))?;
+            backends.push(BackendStatus {
+                addr: backend_addr(&b),
+                id: b.id,
+                active,
+                total: total.iter().sum(),
+            });
+        }
+        Ok(ServiceStatus {
+            name: self.name_of(value.id)?,
+            frontend: Frontend {
+                addr: SocketAddr::new(from_addr(&key.addr), from_port(key.port)),
+                proto: Proto::from_number(key.proto).unwrap_or(Proto::Tcp),
+                netns: key.netns,
+            },
+            algo: Algo::from_number(value.algo),
+            id: value.id,
+            backends,
+            conns: sum.conns,
+            rejects: sum.rejects,
+            drops: sum.drops,
+        })
+    }
+
+    fn read_set(&self, set: u32, count: u32) -> Result<Vec<Backend>> {
+        (0..count)
+            .map(|slot| self.backends.get(&BackendKey { set, slot }, 0).map_err(op(maps::BACKENDS)))
+            .collect()
+    }
+
+    fn name_of(&self, id: u32) -> Result<String> {
+        match self.names.get(&id, 0) {
+            Ok(raw) => {
+                let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+                Ok(String::from_utf8_lossy(&raw[..end]).into_owned())
+            }
+            Err(MapError::KeyNotFound) => Ok(String::new()),
+            Err(e) => Err(op(maps::SERVICE_NAMES)(e)),
+        }
+    }
+
+    /// A backend id whose active count has drained to zero, with its total reset.
+    fn new_backend_id(&mut self) -> Result<u32> {
+        let active = &self.active;
+        let bid = self
+            .backend_ids
+            .alloc_where(|id| active.get(&id, 0).map(|n| n == 0).unwrap_or(false))
+            .ok_or(DatapathError::IdsExhausted(self.backend_ids.what()))?;
+        let zeros = per_cpu(0u64, self.ncpus, maps::BACKEND_TOTAL)?;
+        self.total.set(bid, zeros, 0).map_err(op(maps::BACKEND_TOTAL))?;
+        Ok(bid)
+    }
+
+    fn reset_service_counters(&mut self, id: u32) -> Result<()> {
+        let zeros = per_cpu(ServiceStats::default(), self.ncpus, maps::SERVICE_STATS)?;
+        self.stats.set(id, zeros, 0).map_err(op(maps::SERVICE_STATS))?;
+        let zeros = per_cpu(0u32, self.ncpus, maps::RR_STATE)?;
+        self.rr.set(id, zeros, 0).map_err(op(maps::RR_STATE))
+    }
+}
+
+fn per_cpu<T: aya::Pod>(value: T, ncpus: usize, name: &'static str) -> Result<PerCpuValues<T>> {
+    PerCpuValues::try_from(vec![value; ncpus])
+        .map_err(|e| DatapathError::MapOp { name, source: MapError::from(e) })
+}
+
+fn validate(spec: &ServiceSpec) -> Result<()> {
+    if spec.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+        return Err(DatapathError::TooManyBackends(spec.name.clone()));
+    }
+    if spec.frontend.addr.is_ipv4() {
+        if let Some(b) = spec.backends.iter().find(|b| b.is_ipv6()) {
+            return Err(DatapathError::FamilyMismatch { service: spec.name.clone(), backend: *b });
+        }
+    }
+    name_bytes(&spec.name).map(|_| ())
+}
+
+fn name_bytes(name: &str) -> Result<[u8; SERVICE_NAME_LEN]> {
+    if name.len() > SERVICE_NAME_LEN {
+        return Err(DatapathError::NameTooLong(name.to_owned()));
+    }
+    let mut out = [0u8; SERVICE_NAME_LEN];
+    out[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(out)
+}
+
+pub(crate) fn service_key(f: &Frontend) -> ServiceKey {
+    ServiceKey {
+        addr: to_addr(f.addr.ip()),
+        port: to_port(f.addr.port()),
+        proto: f.proto.number(),
+        _pad: [0; 5],
+        netns: f.netns,
+    }
+}
+
+fn backend_addr(b: &Backend) -> SocketAddr {
+    SocketAddr::new(from_addr(&b.addr), from_port(b.port))
+}

@@ -1,0 +1,73 @@
+//! Viking's kernel programs. Each hook is a thin wrapper over a fallible `try_` function; on
+//! an internal error the syscall goes on untouched (fail open: a full map must not cut
+//! traffic that is not ours).
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod lb;
+mod maps;
+mod sock_addr;
+mod sock_ops;
+
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockOpsContext},
+};
+use sock_addr::{try_connect, try_restore, try_sendmsg, Family, ALLOW};
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx, Family::V4).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx, Family::V6).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    try_sendmsg(&ctx, Family::V4).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    try_sendmsg(&ctx, Family::V6).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    try_restore(&ctx, Family::V4).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    try_restore(&ctx, Family::V6).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    try_restore(&ctx, Family::V4).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    try_restore(&ctx, Family::V6).unwrap_or(ALLOW)
+}
+
+#[sock_ops]
+pub fn viking_sockops(ctx: SockOpsContext) -> u32 {
+    sock_ops::try_sockops(&ctx).unwrap_or(1)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
