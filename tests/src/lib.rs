@@ -1,1 +1,42 @@
+//! Harness for Viking's privileged integration tests: every test builds its own network
+//! namespaces, cgroup and bpffs directory with unique names, and Drop guards remove them, so
+//! tests run in parallel and leave the machine as they found it.
+//!
+//! Traffic goes only to loopback or to addresses inside namespaces a test created.
+pub mod backend;
+pub mod guards;
+pub mod probe;
+pub mod topo;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A name unique to this process and call, short enough for an interface name (<= 15).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n:x}", std::process::id() % 0xfffff)
+}
+
+/// Fails the test early, with a clear message, when not root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests need root (network namespaces, cgroups, eBPF); run `cargo xtask test` as root"
+    );
+}
+
+/// The `viking` binary built next to this test binary (target/<profile>/viking).
+pub fn viking_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("viking");
+    assert!(bin.exists(), "{} missing: build it first (cargo build -p viking)", bin.display());
+    bin
+}
+
+/// The probe binary of this package.
+pub fn probe_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.join("vk-probe")
+}

@@ -1,0 +1,183 @@
+//! The client side of the integration tests, run inside a test's namespace and cgroup (so
+//! that the datapath under test sees its sockets). Prints JSON lines (viking_tests::probe).
+//!
+//!   vk-probe tcp ADDR [COUNT]      connect, getpeername, read greeting, close; COUNT times
+//!   vk-probe udp ADDR [connected]  one datagram by sendto (or connect+send), one reply
+//!   vk-probe hold ADDR N           open N connections, print them, print "ready", wait for
+//!                                  stdin to close, then check each still echoes
+//!   vk-probe stream ADDR BYTES     ask for BYTES and read them all
+//!   vk-probe loop ADDR             connect/greet/close until stdin closes
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use viking_tests::probe::{Conn, Summary};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let addr: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).unwrap_or_else(|| usage());
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    match args.get(1).map(String::as_str) {
+        Some("tcp") => {
+            let count: usize = arg(3).parse().unwrap_or(1);
+            for _ in 0..count {
+                emit(&tcp_once(addr).1);
+            }
+        }
+        Some("udp") => emit(&udp_once(addr, arg(3) == "connected")),
+        Some("hold") => hold(addr, arg(3).parse().unwrap_or(1)),
+        Some("stream") => stream(addr, arg(3).parse().unwrap_or(0)),
+        Some("loop") => connect_loop(addr),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: vk-probe tcp|udp|hold|stream|loop ADDR [ARG]");
+    std::process::exit(2)
+}
+
+fn emit<T: serde::Serialize>(v: &T) {
+    let line = serde_json::to_string(v).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn failed(e: &std::io::Error) -> Conn {
+    Conn { peer: None, reply: None, errno: e.raw_os_error(), error: Some(e.to_string()) }
+}
+
+fn tcp_once(addr: SocketAddr) -> (Option<BufReader<TcpStream>>, Conn) {
+    let s = match TcpStream::connect_timeout(&addr, TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => return (None, failed(&e)),
+    };
+    let _ = s.set_read_timeout(Some(TIMEOUT));
+    let peer = s.peer_addr().ok().map(|p| p.to_string());
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    match r.read_line(&mut line) {
+        Ok(_) => {
+            let conn = Conn { peer, reply: Some(line.trim().to_owned()), errno: None, error: None };
+            (Some(r), conn)
+        }
+        Err(e) => (None, failed(&e)),
+    }
+}
+
+fn udp_once(addr: SocketAddr, connected: bool) -> Conn {
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap_or(addr);
+    let sock = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return failed(&e),
+    };
+    let _ = sock.set_read_timeout(Some(TIMEOUT));
+    let mut buf = [0u8; 2048];
+    if connected {
+        if let Err(e) = sock.connect(addr).and_then(|_| sock.send(b"ping")) {
+            return failed(&e);
+        }
+        let peer = sock.peer_addr().ok().map(|p| p.to_string());
+        match sock.recv(&mut buf) {
+            Ok(n) => Conn {
+                peer,
+                reply: Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                errno: None,
+                error: None,
+            },
+            Err(e) => failed(&e),
+        }
+    } else {
+        if let Err(e) = sock.send_to(b"ping", addr) {
+            return failed(&e);
+        }
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => Conn {
+                peer: Some(from.to_string()),
+                reply: Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                errno: None,
+                error: None,
+            },
+            Err(e) => failed(&e),
+        }
+    }
+}
+
+fn wait_stdin_eof() {
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+fn hold(addr: SocketAddr, n: usize) {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let (r, conn) = tcp_once(addr);
+        emit(&conn);
+        held.extend(r);
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    wait_stdin_eof();
+    let mut summary = Summary::default();
+    for mut r in held {
+        let mut line = String::new();
+        let echoed = r.get_mut().write_all(b"ping\n").is_ok()
+            && r.read_line(&mut line).is_ok()
+            && line == "ping\n";
+        if echoed {
+            summary.ok += 1;
+        } else {
+            summary.failed += 1;
+        }
+    }
+    emit(&summary);
+}
+
+fn stream(addr: SocketAddr, bytes: u64) {
+    let mut summary = Summary::default();
+    match tcp_once(addr) {
+        (Some(mut r), _) => {
+            let _ = r.get_mut().set_read_timeout(Some(Duration::from_secs(30)));
+            let asked = r.get_mut().write_all(format!("stream {bytes}\n").as_bytes());
+            let mut buf = vec![0u8; 64 * 1024];
+            while asked.is_ok() {
+                match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => summary.bytes += k as u64,
+                    Err(e) => {
+                        summary.errors.push(e.to_string());
+                        break;
+                    }
+                }
+            }
+            summary.ok = u64::from(summary.bytes == bytes);
+        }
+        (None, conn) => summary.errors.extend(conn.error),
+    }
+    emit(&summary);
+}
+
+fn connect_loop(addr: SocketAddr) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        wait_stdin_eof();
+        let _ = tx.send(());
+    });
+    let mut summary = Summary::default();
+    while rx.try_recv().is_err() {
+        match tcp_once(addr).1 {
+            Conn { reply: Some(_), .. } => summary.ok += 1,
+            c => {
+                summary.failed += 1;
+                summary.errors.extend(c.error);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    emit(&summary);
+}
