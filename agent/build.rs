@@ -16,7 +16,8 @@ fn main() -> anyhow::Result<()> {
     }
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let root = PathBuf::from(manifest_dir).join("..").join("ebpf");
-    let root = root.canonicalize().with_context(|| format!("no eBPF crate at {}", root.display()))?;
+    let root =
+        root.canonicalize().with_context(|| format!("no eBPF crate at {}", root.display()))?;
     let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     let package = aya_build::Package { name: "viking-ebpf", root_dir: root, ..Default::default() };
     aya_build::build_ebpf([package], aya_build::Toolchain::default())

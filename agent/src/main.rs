@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use viking::datapath::{mounts, Algo, DatapathConfig, Proto};
 
 #[derive(Parser)]
-#[command(name = "viking", version, about = "Stacks of containerised services, wired in the kernel")]
+#[command(
+    name = "viking",
+    version,
+    about = "Stacks of containerised services, wired in the kernel"
+)]
 struct Cli {
     /// Log as JSON lines.
     #[arg(long, global = true)]

@@ -23,10 +23,10 @@ pub enum Verdict {
 pub fn select(addr: Addr, port: u16, proto: u8, netns: u64, v4_only: bool) -> Verdict {
     let mut key = ServiceKey { addr, port, proto, _pad: [0; 5], netns };
     // SAFETY: the value is copied out at once; SERVICES is not preallocated (see maps.rs).
-    let mut svc: Option<ServiceValue> = unsafe { SERVICES.get(&key) }.copied();
+    let mut svc: Option<ServiceValue> = unsafe { SERVICES.get(key) }.copied();
     if svc.is_none() && netns != 0 {
         key.netns = 0;
-        svc = unsafe { SERVICES.get(&key) }.copied();
+        svc = unsafe { SERVICES.get(key) }.copied();
     }
     let Some(svc) = svc else {
         return Verdict::Pass;
@@ -103,7 +103,7 @@ fn least_conn(svc: &ServiceValue) -> Option<Backend> {
 #[inline(always)]
 fn backend(set: u32, slot: u32) -> Option<Backend> {
     // SAFETY: copied out at once; BACKENDS is not preallocated.
-    unsafe { BACKENDS.get(&BackendKey { set, slot }) }.copied()
+    unsafe { BACKENDS.get(BackendKey { set, slot }) }.copied()
 }
 
 #[inline(always)]

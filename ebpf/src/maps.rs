@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use viking_common::{
     Backend, BackendKey, RevNatKey, RevNatValue, ServiceKey, ServiceStats, ServiceValue,
-    SockBackend, MAX_BACKENDS, SERVICE_NAME_LEN, MAX_BACKEND_SLOTS, MAX_REVNAT, MAX_SERVICES, MAX_TRACKED_SOCKETS,
+    SockBackend, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_REVNAT, MAX_SERVICES, MAX_TRACKED_SOCKETS,
+    SERVICE_NAME_LEN,
 };
 
 // NB: not preallocated, so that an update replaces the element through RCU and a reader sees
@@ -39,8 +40,7 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 pub static RR_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
 #[map]
-pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> =
-    LruHashMap::with_max_entries(MAX_REVNAT, 0);
+pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries(MAX_REVNAT, 0);
 
 #[map]
 pub static SOCK_BACKEND: HashMap<u64, SockBackend> =
@@ -48,4 +48,5 @@ pub static SOCK_BACKEND: HashMap<u64, SockBackend> =
 
 /// Service names for `viking services`, written by the agent, never read by the programs.
 #[map]
-pub static SERVICE_NAMES: HashMap<u32, [u8; SERVICE_NAME_LEN]> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICE_NAMES: HashMap<u32, [u8; SERVICE_NAME_LEN]> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);

@@ -6,9 +6,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use aya_log_ebpf::debug;
-use viking_common::{
-    v4_mapped, Addr, RevNatKey, RevNatValue, SockBackend, PROTO_TCP, PROTO_UDP,
-};
+use viking_common::{v4_mapped, Addr, RevNatKey, RevNatValue, SockBackend, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     lb::{count, select, Verdict},
@@ -86,7 +84,7 @@ pub fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
             remember(cookie, &backend.addr, backend.port, addr, port)?;
             if proto == PROTO_TCP {
                 let tracked = SockBackend { backend: backend.id, service, flags: 0, _pad: 0 };
-                SOCK_BACKEND.insert(&cookie, &tracked, 0)?;
+                SOCK_BACKEND.insert(cookie, tracked, 0)?;
             }
             Ok(ALLOW)
         }
@@ -124,7 +122,7 @@ pub fn try_restore(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = RevNatKey { cookie, addr, port, _pad: [0; 6] };
     // SAFETY: copied out at once.
-    if let Some(orig) = unsafe { REVNAT.get(&key) }.copied() {
+    if let Some(orig) = unsafe { REVNAT.get(key) }.copied() {
         write(ctx, family, &orig.addr, orig.port);
     }
     Ok(ALLOW)
@@ -135,10 +133,10 @@ pub fn try_restore(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
 fn remember(cookie: u64, backend: &Addr, bport: u16, addr: Addr, port: u16) -> Result<(), i32> {
     let key = RevNatKey { cookie, addr: *backend, port: bport, _pad: [0; 6] };
     // NB: unconnected UDP calls this per datagram; skip the LRU write when nothing changed.
-    if let Some(old) = unsafe { REVNAT.get(&key) } {
+    if let Some(old) = unsafe { REVNAT.get(key) } {
         if old.addr == addr && old.port == port {
             return Ok(());
         }
     }
-    REVNAT.insert(&key, &RevNatValue { addr, port, _pad: 0, _pad2: 0 }, 0)
+    REVNAT.insert(key, RevNatValue { addr, port, _pad: 0, _pad2: 0 }, 0)
 }

@@ -28,7 +28,7 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, i32> {
     }
     // SAFETY: helper given the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(tracked) = SOCK_BACKEND.get_ptr_mut(&cookie) else {
+    let Some(tracked) = SOCK_BACKEND.get_ptr_mut(cookie) else {
         return Ok(1);
     };
     // SAFETY: SOCK_BACKEND entries are written by connect() and removed only below, for this
@@ -45,7 +45,7 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, i32> {
         if tracked.flags & SOCK_COUNTED != 0 {
             add(tracked.backend, u64::MAX); // wrapping -1
         }
-        SOCK_BACKEND.remove(&cookie)?;
+        SOCK_BACKEND.remove(cookie)?;
     }
     Ok(1)
 }

@@ -56,10 +56,17 @@ impl NetNs {
     }
 
     /// A command that will run inside this namespace and, if given, inside `cgroup`.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, cgroup: Option<&Cgroup>) -> Command {
+    pub fn command(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        cgroup: Option<&Cgroup>,
+    ) -> Command {
         let ns = File::open(self.path()).expect("open netns");
         let procs = cgroup.map(|c| {
-            std::fs::OpenOptions::new().write(true).open(c.path.join("cgroup.procs")).expect("cgroup.procs")
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(c.path.join("cgroup.procs"))
+                .expect("cgroup.procs")
         });
         let mut cmd = Command::new(program);
         // SAFETY: only async-signal-safe calls (setns, write) on fds opened before the fork.
@@ -89,7 +96,13 @@ impl Drop for NetNs {
 /// Joins two namespaces with a veth pair and gives each end its addresses (CIDR strings).
 pub fn veth(a: &NetNs, a_addrs: &[&str], b: &NetNs, b_addrs: &[&str]) {
     let (ea, eb) = (unique("va"), unique("vb"));
-    run("ip", &["link", "add", &ea, "netns", &a.name, "type", "veth", "peer", "name", &eb, "netns", &b.name]);
+    run(
+        "ip",
+        &[
+            "link", "add", &ea, "netns", &a.name, "type", "veth", "peer", "name", &eb, "netns",
+            &b.name,
+        ],
+    );
     for (ns, dev, addrs) in [(a, &ea, a_addrs), (b, &eb, b_addrs)] {
         for addr in addrs {
             let family = if addr.contains(':') { "-6" } else { "-4" };

@@ -6,7 +6,9 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use viking::datapath::{Algo, Datapath, DatapathConfig, Frontend, Proto, ServiceSpec, ServiceTable};
+use viking::datapath::{
+    Algo, Datapath, DatapathConfig, Frontend, Proto, ServiceSpec, ServiceTable,
+};
 
 use crate::{
     backend::Backend,
@@ -78,7 +80,11 @@ impl Topo {
             .iter()
             .enumerate()
             .map(|(i, ip)| {
-                Backend::tcp(&self.server, &format!("b{}", i + 1), format!("{ip}:{port}").parse().expect("addr"))
+                Backend::tcp(
+                    &self.server,
+                    &format!("b{}", i + 1),
+                    format!("{ip}:{port}").parse().expect("addr"),
+                )
             })
             .collect()
     }

@@ -15,12 +15,17 @@ fn embedded_object_redirects_a_connect_in_its_cgroup_only() {
     let cgroup = Cgroup::new();
     let bpf = BpfDir::new();
     let _backend = Backend::tcp(&ns, "loopback-backend", "127.0.0.1:8000".parse().unwrap());
-    let mut dp = Datapath::start(&DatapathConfig { cgroup: cgroup.path.clone(), bpffs: bpf.path.clone() })
-        .expect("the embedded object loads and attaches");
+    let mut dp =
+        Datapath::start(&DatapathConfig { cgroup: cgroup.path.clone(), bpffs: bpf.path.clone() })
+            .expect("the embedded object loads and attaches");
     dp.table
         .upsert(&ServiceSpec {
             name: "chain".into(),
-            frontend: Frontend { addr: "127.0.0.1:9999".parse().unwrap(), proto: Proto::Tcp, netns: 0 },
+            frontend: Frontend {
+                addr: "127.0.0.1:9999".parse().unwrap(),
+                proto: Proto::Tcp,
+                netns: 0,
+            },
             algo: Algo::Random,
             backends: vec!["127.0.0.1:8000".parse().unwrap()],
         })
@@ -31,7 +36,11 @@ fn embedded_object_redirects_a_connect_in_its_cgroup_only() {
     cmd.args(["tcp", "127.0.0.1:9999"]);
     let inside = run_probe(cmd);
     assert_eq!(inside[0].backend(), Some("loopback-backend"), "{inside:?}");
-    assert_eq!(inside[0].peer.as_deref(), Some("127.0.0.1:9999"), "getpeername shows the ambassador");
+    assert_eq!(
+        inside[0].peer.as_deref(),
+        Some("127.0.0.1:9999"),
+        "getpeername shows the ambassador"
+    );
 
     // Same namespace, outside the cgroup: untouched, so refused by the kernel as usual.
     let mut cmd = ns.command(probe_bin(), None);

@@ -29,10 +29,11 @@ fn assert_even(algo: Algo) {
         assert!((n - even).abs() <= 0.15 * even, "{algo}: {name} got {n} of 1000 ({by:?})");
     }
     // The kernel's own counters agree with what the client saw.
-    let status = &t.table().list().unwrap()[0];
+    let status = &t.table().list().expect("list")[0];
     assert_eq!(status.conns, 1000);
     for bs in &status.backends {
-        let name = b.iter().find(|x| x.addr == bs.addr).map(|x| x.name.clone()).unwrap();
+        let name =
+            b.iter().find(|x| x.addr == bs.addr).map(|x| x.name.clone()).expect("known backend");
         assert_eq!(bs.total as usize, by[&name], "{algo}: kernel count for {name}");
     }
 }
@@ -64,7 +65,10 @@ fn least_connections_avoids_a_busy_backend() {
     t.service("127.0.0.1:7101", Proto::Tcp, Algo::LeastConn, &addrs);
     let by = spread(&t.probe(&["tcp", "127.0.0.1:7101", "300"]));
     assert_eq!(by.get("b1"), None, "b1 holds 10, the others at most 1: {by:?}");
-    assert!(by.get("b2").copied().unwrap_or(0) > 50 && by.get("b3").copied().unwrap_or(0) > 50, "{by:?}");
+    assert!(
+        by.get("b2").copied().unwrap_or(0) > 50 && by.get("b3").copied().unwrap_or(0) > 50,
+        "{by:?}"
+    );
 
     let summary: Summary = finish(holder);
     assert_eq!(summary.ok, 10, "the held connections still work");

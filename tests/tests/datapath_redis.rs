@@ -2,7 +2,10 @@
 use std::{process::Command, thread::sleep, time::Duration};
 
 use viking::datapath::{Algo, Proto};
-use viking_tests::{guards::ChildGuard, topo::{Topo, SERVER_IPS}};
+use viking_tests::{
+    guards::ChildGuard,
+    topo::{Topo, SERVER_IPS},
+};
 
 #[test]
 fn redis_cli_reaches_redis_server_through_the_ambassador() {
@@ -10,12 +13,28 @@ fn redis_cli_reaches_redis_server_through_the_ambassador() {
     let dir = std::env::temp_dir().join(viking_tests::unique("vkredis"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut cmd = t.server.command("redis-server", None);
-    cmd.args(["--bind", SERVER_IPS[0], "--port", "6379", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(std::process::Stdio::null());
+    cmd.args([
+        "--bind",
+        SERVER_IPS[0],
+        "--port",
+        "6379",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+    ])
+    .arg("--dir")
+    .arg(&dir)
+    .stdout(std::process::Stdio::null());
     let _redis = ChildGuard::spawn(cmd);
-    t.service("127.0.0.1:7500", Proto::Tcp, Algo::Random, &[format!("{}:6379", SERVER_IPS[0]).parse().unwrap()]);
+    t.service(
+        "127.0.0.1:7500",
+        Proto::Tcp,
+        Algo::Random,
+        &[format!("{}:6379", SERVER_IPS[0]).parse().unwrap()],
+    );
 
     let cli = |args: &[&str]| -> String {
         let mut c: Command = t.client.command("redis-cli", Some(&t.cgroup));

@@ -4,7 +4,7 @@ use std::{process::Command, thread::sleep, time::Duration};
 use viking::datapath::{maps_dir, Algo, Frontend, Proto, ServiceSpec, ServiceTable};
 use viking_tests::{
     backend::Backend,
-    guards::{ChildGuard, Cgroup, BpfDir},
+    guards::{BpfDir, Cgroup, ChildGuard},
     probe::Summary,
     topo::{finish, run_probe, Topo},
     viking_bin,
@@ -50,7 +50,8 @@ fn agent_restart_keeps_transfers_and_connects_going() {
     let stream = t.probe_spawn(&["stream", "127.0.0.1:7300", "40000000"]);
     let looper = t.probe_spawn(&["loop", "127.0.0.1:7300"]);
     sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid()), nix::sys::signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid()), nix::sys::signal::SIGKILL)
+        .unwrap();
     let _ = agent.0.wait();
     sleep(Duration::from_millis(300)); // connects keep being made with no agent at all
     let second = ChildGuard::spawn(agent_cmd(&t));
@@ -89,7 +90,11 @@ fn two_agents_on_one_kernel_do_not_see_each_other() {
         dp.table
             .upsert(&ServiceSpec {
                 name: backend.name.clone(),
-                frontend: Frontend { addr: "127.0.0.1:7400".parse().unwrap(), proto: Proto::Tcp, netns: 0 },
+                frontend: Frontend {
+                    addr: "127.0.0.1:7400".parse().unwrap(),
+                    proto: Proto::Tcp,
+                    netns: 0,
+                },
                 algo: Algo::Random,
                 backends: vec![backend.addr],
             })

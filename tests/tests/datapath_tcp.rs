@@ -14,7 +14,10 @@ fn tcp_reaches_a_backend_in_another_namespace() {
     assert_eq!(c.backend(), Some("b1"), "{c:?}");
     assert_eq!(c.peer.as_deref(), Some("127.0.0.1:7000"), "client's getpeername is the ambassador");
     let seen = c.seen_as().unwrap_or_default();
-    assert!(seen.starts_with(&format!("{CLIENT_IP}:")), "backend sees the client's real address, got {seen}");
+    assert!(
+        seen.starts_with(&format!("{CLIENT_IP}:")),
+        "backend sees the client's real address, got {seen}"
+    );
 }
 
 #[test]
@@ -49,7 +52,8 @@ fn other_addresses_and_ports_are_untouched() {
     let b = t.tcp_backends(8000);
     t.service("127.0.0.1:7002", Proto::Tcp, Algo::Random, &[b[0].addr]);
     // A loopback listener in the client namespace on another port.
-    let local = viking_tests::backend::Backend::tcp(&t.client, "local", "127.0.0.1:7003".parse().unwrap());
+    let local =
+        viking_tests::backend::Backend::tcp(&t.client, "local", "127.0.0.1:7003".parse().unwrap());
     let c = &t.probe(&["tcp", "127.0.0.1:7003"])[0];
     assert_eq!(c.backend(), Some("local"));
     assert_eq!(c.peer.as_deref(), Some("127.0.0.1:7003"));

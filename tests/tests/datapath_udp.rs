@@ -1,6 +1,9 @@
 //! UDP through the ambassador address, unconnected (sendto) and connected.
 use viking::datapath::{Algo, Proto};
-use viking_tests::{backend::Backend, topo::{Topo, CLIENT_IP, SERVER_IPS}};
+use viking_tests::{
+    backend::Backend,
+    topo::{Topo, CLIENT_IP, SERVER_IPS},
+};
 
 #[test]
 fn udp_sendto_and_connected_reach_a_backend_and_replies_come_from_the_ambassador() {

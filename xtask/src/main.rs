@@ -1,1 +1,46 @@
-fn main() {}
+//! `cargo xtask`: the project's own tasks. Every task that needs tools runs `setup` first.
+mod build;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks (apt packages, rust-src, bpf-linker, bpffs). Idempotent.
+    Setup,
+    /// Build the eBPF object (the same aya-build path as `cargo build`) and copy it to
+    /// target/bpf/viking.bpf.o.
+    BuildEbpf,
+    /// Setup, lint, build, then every test (unit and privileged integration tests).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The main job: setup, build, and show Viking at work on this machine.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf => {
+            setup::run()?;
+            let path = build::ebpf_object()?;
+            println!("eBPF object: {}", path.display());
+            Ok(())
+        }
+        Command::Test { args } => test::run(&args),
+        Command::Demo => demo::run(),
+    }
+}

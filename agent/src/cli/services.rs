@@ -8,7 +8,10 @@ use super::table::render;
 
 fn open(bpffs: &Path) -> anyhow::Result<ServiceTable> {
     ServiceTable::open(&maps_dir(bpffs)).with_context(|| {
-        format!("no datapath pinned at {} (is `viking agent` running with this --bpffs?)", bpffs.display())
+        format!(
+            "no datapath pinned at {} (is `viking agent` running with this --bpffs?)",
+            bpffs.display()
+        )
     })
 }
 
@@ -61,7 +64,12 @@ pub fn add(
     backends: Vec<SocketAddr>,
 ) -> anyhow::Result<()> {
     let mut table = open(bpffs)?;
-    let spec = ServiceSpec { name, frontend: Frontend { addr: frontend, proto, netns: 0 }, algo, backends };
+    let spec = ServiceSpec {
+        name,
+        frontend: Frontend { addr: frontend, proto, netns: 0 },
+        algo,
+        backends,
+    };
     table.upsert(&spec).with_context(|| format!("programming service {}", spec.name))?;
     table.flush()?;
     Ok(())

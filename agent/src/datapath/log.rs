@@ -15,7 +15,8 @@ pub fn spawn(ebpf: &mut Ebpf) {
     };
     // SAFETY: the logger owns the ring buffer's fd and keeps it open for as long as the
     // AsyncFd (which owns the logger) lives.
-    let registered = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {

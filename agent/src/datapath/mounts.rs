@@ -23,7 +23,7 @@ pub fn cgroup2_root() -> Result<PathBuf, DatapathError> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Makes sure `dir` can hold pins: mounts bpffs at /sys/fs/bpf when it is missing (a fresh

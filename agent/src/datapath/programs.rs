@@ -80,7 +80,8 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()
 fn replace_pin(link: FdLink, path: &Path) -> Result<()> {
     let staged = staged(path);
     let _ = std::fs::remove_file(&staged);
-    let pinned = link.pin(&staged).map_err(|source| DatapathError::Pin { path: staged.clone(), source })?;
+    let pinned =
+        link.pin(&staged).map_err(|source| DatapathError::Pin { path: staged.clone(), source })?;
     drop(pinned);
     if path.exists() {
         let old = PinnedLink::from_pin(path)

@@ -36,8 +36,11 @@ fn op(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 
 fn open_map(dir: &Path, name: &'static str) -> Result<Map> {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path)
-        .map_err(|source| DatapathError::Map { name, path: path.clone(), source })?;
+    let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map {
+        name,
+        path: path.clone(),
+        source,
+    })?;
     Map::from_map_data(data).map_err(|source| DatapathError::Map { name, path, source })
 }
 
@@ -86,8 +89,8 @@ pub struct ServiceTable {
 impl ServiceTable {
     /// Opens the maps pinned in `dir` (`<bpffs>/maps`) and reads back which ids are in use.
     pub fn open(dir: &Path) -> Result<Self> {
-        let ncpus = aya::util::nr_cpus()
-            .map_err(|(what, e)| DatapathError::io("reading", what)(e))?;
+        let ncpus =
+            aya::util::nr_cpus().map_err(|(what, e)| DatapathError::io("reading", what)(e))?;
         let services: HashMap<_, ServiceKey, ServiceValue> =
             open_map(dir, maps::SERVICES)?.try_into().map_err(op(maps::SERVICES))?;
         let backends: HashMap<_, BackendKey, Backend> =
@@ -111,7 +114,9 @@ impl ServiceTable {
             active: open_map(dir, maps::BACKEND_ACTIVE)?
                 .try_into()
                 .map_err(op(maps::BACKEND_ACTIVE))?,
-            total: open_map(dir, maps::BACKEND_TOTAL)?.try_into().map_err(op(maps::BACKEND_TOTAL))?,
+            total: open_map(dir, maps::BACKEND_TOTAL)?
+                .try_into()
+                .map_err(op(maps::BACKEND_TOTAL))?,
             stats: open_map(dir, maps::SERVICE_STATS)?
                 .try_into()
                 .map_err(op(maps::SERVICE_STATS))?,
@@ -167,7 +172,10 @@ impl ServiceTable {
         if let Some(v) = existing {
             let same = v.algo == spec.algo.number()
                 && old_backends.len() == spec.backends.len()
-                && old_backends.iter().zip(&spec.backends).all(|(b, want)| backend_addr(b) == *want);
+                && old_backends
+                    .iter()
+                    .zip(&spec.backends)
+                    .all(|(b, want)| backend_addr(b) == *want);
             if same && self.name_of(v.id)? == spec.name {
                 return Ok(());
             }
@@ -269,7 +277,7 @@ impl ServiceTable {
             let (key, value) = entry.map_err(op(maps::SERVICES))?;
             out.push(self.status(&key, &value)?);
         }
-        out.sort_by(|a, b| a.frontend.cmp(&b.frontend));
+        out.sort_by_key(|s| s.frontend);
         Ok(out)
     }
 

@@ -71,7 +71,8 @@ fn tcp_once(addr: SocketAddr) -> (Option<BufReader<TcpStream>>, Conn) {
 }
 
 fn udp_once(addr: SocketAddr, connected: bool) -> Conn {
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap_or(addr);
+    let bind: SocketAddr =
+        if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap_or(addr);
     let sock = match UdpSocket::bind(bind) {
         Ok(s) => s,
         Err(e) => return failed(&e),
