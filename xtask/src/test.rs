@@ -1,6 +1,9 @@
 //! `cargo xtask test`: setup, lint, build, then every test. As root nothing is skipped: the
 //! privileged tests create their own namespaces, cgroups and bpffs directories.
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
 
 use anyhow::bail;
 
@@ -42,7 +45,53 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         exec(Command::new("cargo").args(["build", "--bins"]))?;
     }
     let _s = Step::new(3, 3, "tests (unit + privileged integration)");
-    exec(Command::new("cargo").args(["test", "--no-fail-fast"]).args(extra))
+    let (passed, failed) = cargo_test(extra)?;
+    // One closing line for the whole run (cargo prints one per test binary).
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up every "test result:" line.
+fn cargo_test(extra: &[String]) -> anyhow::Result<(u64, u64)> {
+    let mut child = Command::new("cargo")
+        .args(["test", "--no-fail-fast"])
+        .args(extra)
+        .current_dir(crate::util::root())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count(rest, " passed");
+                failed += count(rest, " failed");
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("cargo test failed: {status}");
+    }
+    Ok((passed, failed))
+}
+
+/// The number before `what` in "ok. 5 passed; 0 failed; ...".
+fn count(line: &str, what: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(what.trim_start())
+                .map(str::trim)
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn nix_root() -> bool {
