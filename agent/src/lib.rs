@@ -2,3 +2,4 @@
 //! stack -> control -> store -> agent -> datapath (docs/architecture.md).
 pub mod datapath;
 pub mod logging;
+pub mod stack;
