@@ -8,6 +8,7 @@ mod error;
 pub mod job;
 pub mod names;
 pub mod parse;
+pub mod plan;
 pub mod sequence;
 pub mod yaml;
 
