@@ -1,5 +1,10 @@
 //! Viking's agent and CLI library. One module per concern; data flows
 //! stack -> control -> store -> agent -> datapath (docs/architecture.md).
+pub mod api;
+pub mod control;
 pub mod datapath;
+pub mod deploy;
+pub mod discovery;
 pub mod logging;
 pub mod stack;
+pub mod store;

@@ -1,10 +1,17 @@
 //! The `viking` binary: the per-host agent and the CLI.
 mod cli;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::{Parser, Subcommand};
-use viking::datapath::{mounts, Algo, DatapathConfig, Proto};
+use viking::{
+    api::{client::ApiClient, token, DEFAULT_API},
+    datapath::{mounts, Algo, DatapathConfig, Proto},
+    store::{StoreSpec, DEFAULT_STORE},
+};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +51,23 @@ impl NodeArgs {
     }
 }
 
+/// Where the CLI finds the API.
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// Any node's API (`HOST:PORT` or URL).
+    #[arg(long, env = "VIKING_SERVER", default_value = DEFAULT_API)]
+    server: String,
+    /// The API token (root-only file written by the agent; or set VIKING_TOKEN).
+    #[arg(long, env = "VIKING_TOKEN_FILE", default_value = token::DEFAULT_TOKEN_FILE)]
+    token_file: PathBuf,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        Ok(ApiClient::new(&self.server, token::read_local(&self.token_file)?))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the per-host agent.
@@ -56,6 +80,75 @@ enum Command {
         /// Detach the programs and delete every pin of this node, then exit.
         #[arg(long)]
         cleanup: bool,
+        /// `etcd://HOST:PORT[,HOST:PORT..]`, or `embedded:DIR` for a single machine.
+        #[arg(long, env = "VIKING_STORE", default_value = DEFAULT_STORE)]
+        store: StoreSpec,
+        /// Where this agent serves the API.
+        #[arg(long, env = "VIKING_API", default_value = DEFAULT_API)]
+        api: SocketAddr,
+        /// The address other hosts reach this one on (default: the API's, or 127.0.0.1).
+        #[arg(long)]
+        address: Option<IpAddr>,
+        /// This host's scheduling tags.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// The ambassador address containers' link env vars point at.
+        #[arg(long, default_value = "127.0.0.1")]
+        ambassador: IpAddr,
+        #[arg(long, env = "VIKING_TOKEN_FILE", default_value = token::DEFAULT_TOKEN_FILE)]
+        token_file: PathBuf,
+    },
+    /// Deploy a stack (a stack file, or a folder holding one).
+    Deploy {
+        path: PathBuf,
+        /// The stack's name (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the plan (order, env, ports) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove a deployed stack.
+    Rm {
+        stack: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List deployed stacks.
+    Stacks {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The link environment a job gets: `viking env STACK/JOB`.
+    Env {
+        target: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The deployment config folder, to and from a real folder `<stack>/<job>.json`.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Cluster members (from the store): address, tags, capacity, lease, who leads.
+    Hosts {
+        #[command(flatten)]
+        store: cli::store_args::StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the allocators hold: ambassador ports, stack subnets, container addresses.
+    Allocations {
+        #[command(flatten)]
+        store: cli::store_args::StoreArgs,
+        #[arg(long)]
+        json: bool,
     },
     /// List the services in the kernel datapath with backends and connection counts.
     Services {
@@ -67,6 +160,22 @@ enum Command {
     /// Program the datapath by hand (operators, debugging); the agent does this from the store.
     #[command(subcommand)]
     Service(ServiceCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Write every deployed job to DIR/<stack>/<job>.json.
+    Export {
+        dir: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Store every DIR/<stack>/<job>.(json|yaml) as a deployed job (all or nothing).
+    Apply {
+        dir: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,7 +214,17 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     viking::logging::init(cli.log_json)?;
     match cli.command {
-        Command::Agent { node, cgroup, cleanup } => {
+        Command::Agent {
+            node,
+            cgroup,
+            cleanup,
+            store,
+            api,
+            address,
+            tags,
+            ambassador,
+            token_file,
+        } => {
             if cleanup {
                 return cli::agent::cleanup(&node.bpffs());
             }
@@ -113,8 +232,37 @@ async fn main() -> anyhow::Result<()> {
                 Some(c) => c,
                 None => mounts::cgroup2_root()?,
             };
-            cli::agent::run(&node.node(), DatapathConfig { cgroup, bpffs: node.bpffs() }).await
+            let address = address.unwrap_or(if api.ip().is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                api.ip()
+            });
+            cli::agent::run(cli::agent::AgentConfig {
+                node: node.node(),
+                datapath: DatapathConfig { cgroup, bpffs: node.bpffs() },
+                store,
+                api,
+                address,
+                tags,
+                token_file,
+                ambassador,
+            })
+            .await
         }
+        Command::Deploy { path, name, dry_run, json, api } => {
+            cli::stacks::deploy(&api.client()?, &path, name.as_deref(), dry_run, json).await
+        }
+        Command::Rm { stack, api } => cli::stacks::remove(&api.client()?, &stack).await,
+        Command::Stacks { json, api } => cli::stacks::list(&api.client()?, json).await,
+        Command::Env { target, json, api } => cli::stacks::env(&api.client()?, &target, json).await,
+        Command::Config(ConfigCmd::Export { dir, api }) => {
+            cli::stacks::export(&api.client()?, &dir).await
+        }
+        Command::Config(ConfigCmd::Apply { dir, api }) => {
+            cli::stacks::apply(&api.client()?, &dir).await
+        }
+        Command::Hosts { store, json } => cli::hosts::list(&store, json).await,
+        Command::Allocations { store, json } => cli::allocations::list(&store, json).await,
         Command::Services { node, json } => cli::services::list(&node.bpffs(), json),
         Command::Service(ServiceCmd::Add { node, name, frontend, proto, algo, backends }) => {
             cli::services::add(&node.bpffs(), name, frontend, proto, algo, backends)

@@ -3,7 +3,10 @@
 //! tests run in parallel and leave the machine as they found it.
 //!
 //! Traffic goes only to loopback or to addresses inside namespaces a test created.
+pub mod agent;
 pub mod backend;
+pub mod bench;
+pub mod etcd;
 pub mod guards;
 pub mod probe;
 pub mod topo;

@@ -10,9 +10,13 @@ use viking_tests::{
     viking_bin,
 };
 
-fn agent_cmd(t: &Topo) -> Command {
+fn agent_cmd(t: &Topo, dir: &std::path::Path, api: u16) -> Command {
     let mut cmd = Command::new(viking_bin());
     cmd.args(["agent", "--node", "test"])
+        .arg(format!("--store=embedded:{}", dir.join("store").display()))
+        .arg(format!("--api=127.0.0.1:{api}"))
+        .arg("--token-file")
+        .arg(dir.join("token"))
         .arg("--cgroup")
         .arg(&t.cgroup.path)
         .arg("--bpffs")
@@ -35,7 +39,9 @@ fn wait_for_pins(t: &Topo) {
 fn agent_restart_keeps_transfers_and_connects_going() {
     let t = Topo::without_agent();
     let b = t.tcp_backends(8000);
-    let mut agent = ChildGuard::spawn(agent_cmd(&t));
+    let dir = std::env::temp_dir().join(viking_tests::unique("vk-restart-"));
+    let api = viking_tests::agent::free_port();
+    let mut agent = ChildGuard::spawn(agent_cmd(&t, &dir, api));
     wait_for_pins(&t);
     let mut table = ServiceTable::open(&maps_dir(&t.bpf.path)).unwrap();
     let spec = ServiceSpec {
@@ -54,7 +60,7 @@ fn agent_restart_keeps_transfers_and_connects_going() {
         .unwrap();
     let _ = agent.0.wait();
     sleep(Duration::from_millis(300)); // connects keep being made with no agent at all
-    let second = ChildGuard::spawn(agent_cmd(&t));
+    let second = ChildGuard::spawn(agent_cmd(&t, &dir, api));
     sleep(Duration::from_millis(500));
 
     let looped: Summary = finish(looper);
@@ -71,6 +77,7 @@ fn agent_restart_keeps_transfers_and_connects_going() {
     let links: Vec<_> = std::fs::read_dir(t.bpf.path.join("links")).unwrap().collect();
     assert_eq!(links.len(), 9);
     drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -1,12 +1,15 @@
 //! `cargo xtask demo`: Viking at work on this one machine, with readable output.
 //!
-//! Three "hosts" are network namespaces on a private bridge (in a namespace of their own, so
-//! no traffic leaves what the demo created). `alpha` runs the agent and a client; `bravo`
-//! and `charlie` run real redis-server backends. A linked service gets an ambassador port on
-//! 127.0.0.1; redis-cli on alpha connects there and the kernel sends it to a backend on
-//! another host, no proxy in between. Then charlie stops and traffic goes to bravo alone.
+//! Three "hosts" (alpha, bravo, charlie) are network namespaces on a private bridge, in a
+//! namespace of their own, so no traffic leaves what the demo created. One etcd holds the
+//! cluster's state; each host runs an agent (its own cgroup, bpffs dir and API). The seed 000
+//! stacks are deployed through the API; bravo and charlie run the `shared/mongo` instances (a
+//! redis-server on 27017 stands in for mongo) and register them in seed 002's format; alpha's
+//! `web` client connects to its `SHARED_MONGO_PORT_27017` and the kernel sends it to a backend
+//! on another host, no proxy in between. Then bravo stops, and traffic goes to charlie alone.
 //! Everything the demo creates is removed at the end, also when a step fails.
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::sleep,
@@ -18,36 +21,57 @@ use anyhow::{bail, Context as _};
 use crate::{setup, util::root};
 
 const LAN: &str = "vkdemo-lan";
-const HOSTS: [(&str, &str); 3] =
-    [("vkdemo-alpha", "10.77.0.1"), ("vkdemo-bravo", "10.77.0.2"), ("vkdemo-charlie", "10.77.0.3")];
-const AMBASSADOR: &str = "127.0.0.1:20001";
-const BPFFS: &str = "/sys/fs/bpf/viking/demo-alpha";
+const HOSTS: [(&str, &str, u16); 3] =
+    [("alpha", "10.77.0.1", 7711), ("bravo", "10.77.0.2", 7712), ("charlie", "10.77.0.3", 7713)];
+const ETCD_CLIENT: u16 = 23791;
+const ETCD_PEER: u16 = 23792;
+
+fn ns(host: &str) -> String {
+    format!("vkdemo-{host}")
+}
+
+fn bpffs(host: &str) -> String {
+    format!("/sys/fs/bpf/viking/demo-{host}")
+}
 
 struct World {
-    children: Vec<Child>,
-    cgroup: Option<PathBuf>,
+    /// By name, so a host's processes can be stopped on their own.
+    children: Vec<(String, Child)>,
+    cgroups: Vec<PathBuf>,
+    dir: PathBuf,
     viking: PathBuf,
+}
+
+impl World {
+    fn stop(&mut self, name: &str) {
+        // Only processes this demo started, by PID.
+        for (_, c) in self.children.iter_mut().filter(|(n, _)| n == name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.retain(|(n, _)| n != name);
+    }
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         println!("\n==> cleaning up");
-        for c in &mut self.children {
-            // Only processes this demo started, by PID.
+        for (_, c) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(&self.viking)
-            .args(["agent", "--node", "alpha", "--bpffs", BPFFS, "--cleanup"])
-            .output();
-        for (ns, _) in HOSTS {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        for (host, _, _) in HOSTS {
+            let _ = Command::new(&self.viking)
+                .args(["agent", "--node", host, "--bpffs", &bpffs(host), "--cleanup"])
+                .output();
+            let _ = Command::new("ip").args(["netns", "del", &ns(host)]).status();
         }
         let _ = Command::new("ip").args(["netns", "del", LAN]).status();
-        if let Some(cg) = &self.cgroup {
+        for cg in &self.cgroups {
             let _ = std::fs::remove_dir(cg);
         }
-        println!("    removed namespaces, cgroup, pins and processes");
+        let _ = std::fs::remove_dir_all(&self.dir);
+        println!("    removed namespaces, cgroups, pins, etcd data and processes");
     }
 }
 
@@ -56,7 +80,7 @@ fn sh(args: &[&str]) -> anyhow::Result<String> {
     if !out.status.success() {
         bail!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
 }
 
 fn cgroup2() -> anyhow::Result<PathBuf> {
@@ -70,7 +94,7 @@ fn cgroup2() -> anyhow::Result<PathBuf> {
         .context("no cgroup v2 mount")
 }
 
-/// A command run on `ns` inside `cgroup` (so the agent's programs see its sockets).
+/// A command run on host `ns` inside `cgroup` (so that host's agent sees its sockets).
 fn on_host(ns: &str, cgroup: &Path, program: &str, args: &[&str]) -> Command {
     // NB: join the cgroup before `ip netns exec`, which mounts its own /sys.
     let mut cmd = Command::new("sh");
@@ -82,130 +106,214 @@ fn on_host(ns: &str, cgroup: &Path, program: &str, args: &[&str]) -> Command {
     cmd
 }
 
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if ok() {
+            return Ok(());
+        }
+        sleep(Duration::from_millis(50));
+    }
+    bail!("timed out waiting for {what}")
+}
+
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
     println!("==> building viking (eBPF programs embedded)");
     crate::util::exec(Command::new("cargo").args(["build", "--release", "--bins"]))?;
     let viking = root().join("target/release/viking");
-    let mut w = World { children: Vec::new(), cgroup: None, viking: viking.clone() };
+    let dir = std::env::temp_dir().join(format!("vkdemo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut w = World {
+        children: Vec::new(),
+        cgroups: Vec::new(),
+        viking: viking.clone(),
+        dir: dir.clone(),
+    };
 
     println!("\n==> three hosts on one private LAN");
     sh(&["ip", "netns", "add", LAN])?;
     sh(&["ip", "-n", LAN, "link", "add", "br0", "type", "bridge"])?;
     sh(&["ip", "-n", LAN, "link", "set", "br0", "up"])?;
-    for (i, (ns, ip)) in HOSTS.iter().enumerate() {
-        sh(&["ip", "netns", "add", ns])?;
+    let cg_root = cgroup2()?;
+    for (i, (host, ip, _)) in HOSTS.iter().enumerate() {
+        let n = ns(host);
+        sh(&["ip", "netns", "add", &n])?;
         let (a, b) = (format!("vkd{i}"), format!("vkd{i}p"));
         sh(&[
-            "ip", "link", "add", &a, "netns", ns, "type", "veth", "peer", "name", &b, "netns", LAN,
+            "ip", "link", "add", &a, "netns", &n, "type", "veth", "peer", "name", &b, "netns", LAN,
         ])?;
         sh(&["ip", "-n", LAN, "link", "set", &b, "master", "br0", "up"])?;
-        sh(&["ip", "-n", ns, "addr", "add", &format!("{ip}/24"), "dev", &a])?;
-        sh(&["ip", "-n", ns, "link", "set", &a, "up"])?;
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        println!("    {:<8} {ip}", ns.trim_start_matches("vkdemo-"));
+        sh(&["ip", "-n", &n, "addr", "add", &format!("{ip}/24"), "dev", &a])?;
+        sh(&["ip", "-n", &n, "link", "set", &a, "up"])?;
+        sh(&["ip", "-n", &n, "link", "set", "lo", "up"])?;
+        let cg = cg_root.join(&n);
+        std::fs::create_dir_all(&cg)?;
+        w.cgroups.push(cg);
+        println!("    {host:<8} {ip}");
     }
-    let cgroup = cgroup2()?.join("vkdemo-alpha");
-    std::fs::create_dir_all(&cgroup)?;
-    w.cgroup = Some(cgroup.clone());
 
-    println!("\n==> agent on alpha (eBPF attached to cgroup {})", cgroup.display());
-    let agent = Command::new(&viking)
-        .args(["agent", "--node", "alpha", "--bpffs", BPFFS])
-        .arg("--cgroup")
-        .arg(&cgroup)
-        .env("RUST_LOG", "warn")
+    println!("\n==> etcd: the cluster's state (127.0.0.1:{ETCD_CLIENT})");
+    let etcd = Command::new("etcd")
+        .args(["--name", "demo", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{ETCD_CLIENT}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{ETCD_CLIENT}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{ETCD_PEER}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{ETCD_PEER}")])
+        .args(["--initial-cluster", &format!("demo=http://127.0.0.1:{ETCD_PEER}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("etcd.log"))?)
         .spawn()?;
-    w.children.push(agent);
-    for _ in 0..100 {
-        if Path::new(BPFFS).join("links/viking_sockops").exists() {
-            break;
-        }
-        sleep(Duration::from_millis(50));
-    }
+    w.children.push(("etcd".into(), etcd));
+    let store = format!("etcd://127.0.0.1:{ETCD_CLIENT}");
 
-    println!("\n==> redis-server on bravo and charlie");
-    for (ns, ip) in &HOSTS[1..] {
-        let dir = std::env::temp_dir().join(ns);
-        std::fs::create_dir_all(&dir)?;
+    println!("\n==> an agent on every host (eBPF on the host's cgroup, API, membership, election)");
+    let token = dir.join("api-token");
+    for (host, ip, api) in HOSTS {
+        let log = std::fs::File::create(dir.join(format!("agent-{host}.log")))?;
+        let agent = Command::new(&viking)
+            .args(["agent", "--node", host, "--store", &store, "--bpffs", &bpffs(host)])
+            .args(["--api", &format!("127.0.0.1:{api}"), "--address", ip])
+            .arg("--cgroup")
+            .arg(cg_root.join(ns(host)))
+            .arg("--token-file")
+            .arg(&token)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        w.children.push((host.into(), agent));
+        wait_for(&format!("agent {host}"), || {
+            Command::new(&viking)
+                .args(["stacks", "--server", &format!("127.0.0.1:{api}"), "--token-file"])
+                .arg(&token)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })?;
+    }
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(&viking)
+            .args(args)
+            .args(["--server", "127.0.0.1:7711", "--token-file"])
+            .arg(&token)
+            .output()?;
+        if !out.status.success() {
+            bail!("viking {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    };
+
+    println!("\n==> viking deploy examples/shared, then examples/web (seed 000's stacks)");
+    let examples = root().join("examples");
+    for stack in ["shared", "web"] {
+        let path = examples.join(stack);
+        println!("{}", indent(&cli(&["deploy", path.to_str().unwrap_or(stack)])?));
+    }
+    println!("\n==> viking env web/web (Docker link variables, ambassador ports from etcd)");
+    let env_text = cli(&["env", "web/web"])?;
+    println!("{}", indent(&env_text));
+    let env: BTreeMap<&str, &str> = env_text.lines().filter_map(|l| l.split_once('=')).collect();
+    let port = env
+        .get("SHARED_MONGO_PORT_27017_TCP_PORT")
+        .context("web got no SHARED_MONGO env")?
+        .to_string();
+
+    println!(
+        "\n==> shared/mongo instances on bravo and charlie, registered in /services/ (seed 002)"
+    );
+    for (host, ip, _) in &HOSTS[1..] {
+        let data = dir.join(format!("redis-{host}"));
+        std::fs::create_dir_all(&data)?;
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "redis-server", "--bind", ip, "--protected-mode", "no"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(&dir)
+            .args(["netns", "exec", &ns(host), "redis-server", "--bind", ip, "--port", "27017"])
+            .args(["--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir"])
+            .arg(&data)
             .stdout(Stdio::null())
             .spawn()?;
-        w.children.push(child);
-    }
-    sleep(Duration::from_millis(500));
-    for (ns, ip) in &HOSTS[1..] {
-        let name = ns.trim_start_matches("vkdemo-");
-        sh(&["ip", "netns", "exec", ns, "redis-cli", "-h", ip, "set", "host", name])?;
+        w.children.push((host.to_string(), child));
+        wait_for(&format!("mongo on {host}"), || {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns(host),
+                "redis-cli",
+                "-h",
+                ip,
+                "-p",
+                "27017",
+                "set",
+                "host",
+                host,
+            ])
+            .is_ok()
+        })?;
+        let record = format!(
+            r#"{{"id":"{host}-1","host":"{host}","ipaddress":"{ip}","host_port":"27017","port":"27017","proto":"tcp","name":"shared_mongo","image":"redis-server","tags":[]}}"#
+        );
+        let key = format!("/services/demo/shared_mongo/27017/27017/{host}-1");
+        sh(&["etcdctl", "--endpoints", &format!("127.0.0.1:{ETCD_CLIENT}"), "put", &key, &record])?;
+        println!("    {key} -> {ip}:27017");
     }
 
-    println!("\n==> link shared/redis: ambassador {AMBASSADOR} -> bravo, charlie (round robin)");
-    let backends = [format!("{}:6379", HOSTS[1].1), format!("{}:6379", HOSTS[2].1)];
-    let add =
-        |backends: &[String]| -> anyhow::Result<()> {
-            let mut cmd = Command::new(&viking);
-            cmd.args(["service", "add", "shared_redis", "--node", "alpha", "--bpffs", BPFFS])
-                .args(["--frontend", AMBASSADOR, "--algo", "round_robin"]);
-            for b in backends {
-                cmd.args(["--backend", b]);
-            }
-            crate::util::exec(&mut cmd)
-        };
-    add(&backends)?;
-    println!("    SHARED_REDIS_PORT_6379_TCP=tcp://{AMBASSADOR}");
-
+    let alpha_cg = cg_root.join(ns("alpha"));
     let ask = |n: usize| -> anyhow::Result<Vec<String>> {
-        let (host, port) = AMBASSADOR.split_once(':').context("ambassador")?;
         (0..n)
             .map(|_| {
                 let out = on_host(
-                    HOSTS[0].0,
-                    &cgroup,
+                    &ns("alpha"),
+                    &alpha_cg,
                     "redis-cli",
-                    &["-h", host, "-p", port, "get", "host"],
+                    &["-h", "127.0.0.1", "-p", &port, "get", "host"],
                 )
                 .output()?;
                 Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
             })
             .collect()
     };
-    println!("\n==> alpha: redis-cli -h 127.0.0.1 -p 20001 get host (x4)");
-    let answers = ask(4)?;
-    for a in &answers {
+    println!("\n==> web on alpha: redis-cli -h 127.0.0.1 -p $SHARED_MONGO_PORT_27017_TCP_PORT ({port}) get host");
+    wait_for("the datapath to learn the backends", || {
+        ask(6).is_ok_and(|a| a.iter().any(|x| x == "charlie") && a.iter().any(|x| x == "bravo"))
+    })?;
+    for a in ask(6)? {
         println!("    answered by {a}");
     }
-    if !(answers.iter().any(|a| a == "bravo") && answers.iter().any(|a| a == "charlie")) {
-        bail!("expected answers from both bravo and charlie, got {answers:?}");
-    }
-    println!("\n==> viking services");
-    print!(
+    println!("\n==> viking services on alpha (the kernel's table)");
+    println!(
         "{}",
-        sh(&[
+        indent(&sh(&[
             viking.to_str().unwrap_or("viking"),
             "services",
             "--node",
             "alpha",
             "--bpffs",
-            BPFFS
-        ])? + "\n"
+            &bpffs("alpha")
+        ])?)
     );
 
-    println!("\n==> charlie goes down; its backend is withdrawn");
-    if let Some(mut c) = w.children.pop() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    add(&backends[..1])?;
-    let answers = ask(3)?;
-    for a in &answers {
+    println!("\n==> host bravo stops (agent and instance); its registration goes");
+    w.stop("bravo");
+    sh(&[
+        "etcdctl",
+        "--endpoints",
+        &format!("127.0.0.1:{ETCD_CLIENT}"),
+        "del",
+        "/services/demo/shared_mongo/27017/27017/bravo-1",
+    ])?;
+    wait_for("bravo to leave the datapath", || {
+        ask(4).is_ok_and(|a| a.iter().all(|x| x == "charlie"))
+    })?;
+    for a in ask(4)? {
         println!("    answered by {a}");
     }
-    if answers.iter().any(|a| a != "bravo") {
-        bail!("expected only bravo after charlie stopped, got {answers:?}");
-    }
-    println!("\n==> demo OK: connections to the ambassador port were balanced in the kernel");
+    println!("\n==> viking stacks");
+    println!("{}", indent(&cli(&["stacks"])?));
+    println!(
+        "\n==> demo OK: web on alpha reached shared/mongo on other hosts, balanced in the kernel"
+    );
     Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }

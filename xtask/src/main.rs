@@ -1,4 +1,5 @@
 //! `cargo xtask`: the project's own tasks. Every task that needs tools runs `setup` first.
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -29,6 +30,18 @@ enum Command {
     },
     /// The main job: setup, build, and show Viking at work on this machine.
     Demo,
+    /// Setup, build, then a benchmark (as root). `datapath`: Viking against direct
+    /// connections, iptables DNAT and HAProxy, as ratios to direct (docs/benchmarks.md).
+    Bench {
+        /// Which benchmark: datapath.
+        which: String,
+        /// Also write the results as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<std::path::PathBuf>,
+        /// A shorter run: fewer services, shorter iperf3 runs.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
+        Command::Bench { which, json, quick } => bench::run(&which, json, quick),
     }
 }

@@ -14,6 +14,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "protobuf-compiler",
+    // NB: etcd-client 0.21.1's protos import google/protobuf/descriptor.proto, which ships here.
+    "libprotobuf-dev",
     "etcd-server",
     "etcd-client",
     "docker.io",

@@ -1,29 +1,125 @@
-//! `viking agent`: the per-host daemon. For now it owns the datapath; the store, reconciler
-//! and API join it as they land.
-use std::path::Path;
+//! `viking agent`: the per-host daemon. It attaches the datapath, joins the cluster through
+//! the store, campaigns for leadership, and serves the API.
+use std::{net::IpAddr, path::Path, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
-use viking::datapath::{Datapath, DatapathConfig};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+use viking::{
+    api::{self, server::ApiState, LeaderInfo},
+    control::{self, membership, HostInfo, DEFAULT_PORT_RANGE},
+    datapath::{Algo, Datapath, DatapathConfig},
+    deploy::Deployer,
+    discovery,
+    store::{self, EtcdOptions, Store, StoreSpec},
+};
 
-pub async fn run(node: &str, config: DatapathConfig) -> anyhow::Result<()> {
-    let mut datapath = Datapath::start(&config)
-        .with_context(|| format!("starting the datapath of node {node}"))?;
+pub struct AgentConfig {
+    pub node: String,
+    pub datapath: DatapathConfig,
+    pub store: StoreSpec,
+    pub api: std::net::SocketAddr,
+    /// The address other hosts reach this one on.
+    pub address: IpAddr,
+    pub tags: Vec<String>,
+    pub token_file: PathBuf,
+    /// The address links' env vars point containers at.
+    pub ambassador: IpAddr,
+}
+
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let mut datapath = Datapath::start(&cfg.datapath)
+        .with_context(|| format!("starting the datapath of node {}", cfg.node))?;
     datapath.spawn_log();
-    tracing::info!(node, "agent running; stop with SIGTERM (the datapath stays in the kernel)");
+    let store = store::open(&cfg.store, &EtcdOptions::default())
+        .await
+        .with_context(|| format!("opening the store {}", cfg.store))?;
+    let info = HostInfo {
+        name: cfg.node.clone(),
+        address: cfg.address,
+        tags: cfg.tags.clone(),
+        capacity: Default::default(),
+        overlay_subnet: None,
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let member = control::membership::join(&store, info, membership::DEFAULT_TTL)
+        .await
+        .with_context(|| format!("joining the cluster as {}", cfg.node))?;
+    let token = api::token::ensure(&store, &cfg.token_file).await?;
+    let leading =
+        elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: cfg.api.to_string() });
+
+    let state = Arc::new(ApiState {
+        deployer: Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador),
+        store: store.clone(),
+        token,
+        node: cfg.node.clone(),
+        leading,
+        http: reqwest::Client::new(),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.api)
+        .await
+        .with_context(|| format!("binding the API to {}", cfg.api))?;
+    let server =
+        tokio::spawn(async move { axum::serve(listener, api::server::router(state)).await });
+    tracing::info!(node = %cfg.node, api = %cfg.api, store = %store.describe(), "agent running");
+
+    let (stop_tx, stop) = watch::channel(false);
+    let discovery = tokio::spawn(discovery::sync::run(
+        store.clone(),
+        datapath,
+        cfg.ambassador,
+        DEFAULT_PORT_RANGE,
+        Algo::Random,
+        stop,
+    ));
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(viking::datapath::GRACE);
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = tick.tick() => datapath.table.collect_retired(viking::datapath::GRACE)?,
-        }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
-    datapath.table.flush()?;
-    tracing::info!(node, "agent stopped; programs and services stay pinned");
+    server.abort();
+    let _ = stop_tx.send(true);
+    match discovery.await {
+        Ok(Ok(mut datapath)) => datapath.table.flush()?,
+        Ok(Err(e)) => tracing::warn!(error = %e, "discovery stopped"),
+        Err(e) => tracing::warn!(error = %e, "discovery task"),
+    }
+    if let Err(e) = member.leave().await {
+        tracing::warn!(error = %e, "leaving the cluster");
+    }
+    tracing::info!(node = %cfg.node, "agent stopped; programs and services stay pinned");
     Ok(())
+}
+
+/// Campaigns for leadership for as long as the agent runs; the receiver says whether this
+/// node leads right now.
+fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let value = serde_json::to_string(&me).unwrap_or_default();
+    tokio::spawn(async move {
+        loop {
+            match control::campaign(&store, &value, control::leader::DEFAULT_TTL).await {
+                Ok(leadership) => {
+                    let _ = tx.send(true);
+                    leadership.lost().await;
+                    let _ = tx.send(false);
+                    tracing::warn!(node = %me.node, "no longer leading");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "campaign failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    rx
 }
 
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<()> {

@@ -1,4 +1,8 @@
 //! The `viking` command line: one file per command group.
 pub mod agent;
+pub mod allocations;
+pub mod hosts;
 pub mod services;
+pub mod stacks;
+pub mod store_args;
 pub mod table;

@@ -2,7 +2,7 @@
 //! ports its links use. Computed the same way for `viking deploy --dry-run` and for a deploy.
 use std::{collections::BTreeMap, future::Future, net::IpAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     env::{link_env, LinkPorts},
@@ -14,10 +14,14 @@ use super::{
 /// the same pair (the store's port allocator in a cluster).
 pub trait PortAllocator {
     type Error: std::fmt::Display;
-    fn port(&self, service: &str, port: Port) -> impl Future<Output = Result<u16, Self::Error>> + Send;
+    fn port(
+        &self,
+        service: &str,
+        port: Port,
+    ) -> impl Future<Output = Result<u16, Self::Error>> + Send;
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedJob {
     pub job: Job,
     /// `<stack>_<job>`.
@@ -26,14 +30,14 @@ pub struct PlannedJob {
     pub link_env: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AllocatedPort {
     pub service: String,
     pub port: Port,
     pub ambassador_port: u16,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub stack: String,
     pub jobs: Vec<PlannedJob>,
@@ -102,7 +106,11 @@ pub async fn plan<A: PortAllocator + Sync>(
         jobs,
         ports: ports
             .into_iter()
-            .map(|((service, port), ambassador_port)| AllocatedPort { service, port, ambassador_port })
+            .map(|((service, port), ambassador_port)| AllocatedPort {
+                service,
+                port,
+                ambassador_port,
+            })
             .collect(),
         warnings: stack.warnings(deployed),
     })

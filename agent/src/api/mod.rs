@@ -1,0 +1,43 @@
+//! The HTTP API every agent serves (axum), and the client the CLI uses.
+//!
+//! Any node answers; writes on a node that does not lead are forwarded once to the leader.
+//! Every route but `/v1/health` needs `Authorization: Bearer <token>` (`token`).
+pub mod client;
+pub mod server;
+pub mod token;
+
+use serde::{Deserialize, Serialize};
+
+/// Default address of the API (`--api`, `--server`).
+pub const DEFAULT_API: &str = "127.0.0.1:7700";
+
+/// `POST /v1/deploy`: the stack file's text; the server parses and validates it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub name: String,
+    /// The file name errors should name.
+    pub file: String,
+    pub text: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One job record, for `viking config export|apply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobFile {
+    pub stack: String,
+    pub job: crate::stack::Job,
+}
+
+/// What the leader's election value holds: who leads and where its API is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub node: String,
+    pub api: String,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,216 @@
+//! The API server. Routes, bearer-token check, and forwarding of writes to the leader.
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    extract::{Path, Request, State},
+    http::{HeaderMap, Method, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+    Json, Router,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::{ApiErrorBody, DeployRequest, JobFile, LeaderInfo};
+use crate::{
+    control::leader,
+    deploy::{DeployError, Deployer, JobRecord},
+    stack::{plan::PlanError, Stack},
+    store::Store,
+};
+
+/// Set on a request a follower forwarded, so it is never forwarded twice.
+const FORWARDED: &str = "x-viking-forwarded";
+const MAX_BODY: usize = 8 << 20;
+
+pub struct ApiState<S: Store> {
+    pub store: S,
+    pub deployer: Deployer<S>,
+    pub token: String,
+    pub node: String,
+    /// Whether this node leads now (from its election task).
+    pub leading: watch::Receiver<bool>,
+    pub http: reqwest::Client,
+}
+
+type Shared<S> = Arc<ApiState<S>>;
+
+pub fn router<S: Store>(state: Shared<S>) -> Router {
+    let authed = Router::new()
+        .route("/v1/deploy", post(deploy::<S>))
+        .route("/v1/stacks", get(stacks::<S>))
+        .route("/v1/stacks/{name}", delete(remove::<S>))
+        .route("/v1/env/{stack}/{job}", get(env::<S>))
+        .route("/v1/config", get(config::<S>).post(apply::<S>))
+        .layer(middleware::from_fn_with_state(state.clone(), to_leader::<S>))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
+    Router::new().route("/v1/health", get(health::<S>)).merge(authed).with_state(state)
+}
+
+/// An error answer: a status and a message for a person.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        let status = match &e {
+            DeployError::Stack(_) | DeployError::Plan(PlanError::Stack(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+            DeployError::Conflict(_) => StatusCode::CONFLICT,
+            DeployError::Control(crate::control::ControlError::PortsExhausted { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self(status, e.to_string())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth<S: Store>(State(st): State<Shared<S>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError(StatusCode::UNAUTHORIZED, "wrong bearer token".into()).into_response(),
+        None => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer ...)".into(),
+        )
+        .into_response(),
+    }
+}
+
+/// Writes go to the leader: a follower forwards them once and relays the answer.
+async fn to_leader<S: Store>(State(st): State<Shared<S>>, req: Request, next: Next) -> Response {
+    if req.method() == Method::GET || *st.leading.borrow() {
+        return next.run(req).await;
+    }
+    if req.headers().contains_key(FORWARDED) {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "forwarded to a node that no longer leads; try again".into(),
+        )
+        .into_response();
+    }
+    match forward(&st, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward<S: Store>(st: &ApiState<S>, req: Request) -> Result<Response, ApiError> {
+    let unavailable = |m: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, m);
+    let value = leader::leader(&st.store).await.map_err(|e| unavailable(e.to_string()))?;
+    let info: LeaderInfo = value
+        .as_deref()
+        .and_then(|v| serde_json::from_str(v).ok())
+        .ok_or_else(|| unavailable("no leader elected yet; try again".into()))?;
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("http://{}{path}", info.api);
+    tracing::debug!(leader = %info.node, %url, "forwarding a write to the leader");
+    let mut out = st
+        .http
+        .request(parts.method.clone(), &url)
+        .header(FORWARDED, &st.node)
+        .body(bytes.to_vec());
+    for name in ["authorization", "content-type"] {
+        if let Some(v) = parts.headers.get(name) {
+            out = out.header(name, v.clone());
+        }
+    }
+    let answer = out
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("leader {} at {}: {e}", info.node, info.api)))?;
+    let status = answer.status();
+    let mut headers = HeaderMap::new();
+    if let Some(ct) = answer.headers().get("content-type") {
+        headers.insert("content-type", ct.clone());
+    }
+    let body = answer.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+    Ok((status, headers, Body::from(body)).into_response())
+}
+
+#[derive(Serialize)]
+struct Health {
+    node: String,
+    leader: bool,
+}
+
+async fn health<S: Store>(State(st): State<Shared<S>>) -> Json<Health> {
+    Json(Health { node: st.node.clone(), leader: *st.leading.borrow() })
+}
+
+async fn deploy<S: Store>(
+    State(st): State<Shared<S>>,
+    Json(req): Json<DeployRequest>,
+) -> Result<Response, ApiError> {
+    let stack = Stack::from_text(std::path::Path::new(&req.file), &req.text, &req.name)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let plan = st.deployer.deploy(&stack, req.dry_run).await?;
+    Ok(Json(plan).into_response())
+}
+
+async fn stacks<S: Store>(State(st): State<Shared<S>>) -> Result<Response, ApiError> {
+    Ok(Json(st.deployer.stacks().await?).into_response())
+}
+
+async fn remove<S: Store>(
+    State(st): State<Shared<S>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    if st.deployer.remove(&name).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, format!("stack {name} is not deployed")))
+    }
+}
+
+async fn env<S: Store>(
+    State(st): State<Shared<S>>,
+    Path((stack, job)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(st.deployer.env(&stack, &job).await?).into_response())
+}
+
+async fn config<S: Store>(State(st): State<Shared<S>>) -> Result<Response, ApiError> {
+    let records = st.deployer.records().await?;
+    let files: Vec<JobFile> =
+        records.jobs.into_iter().map(|((stack, _), job)| JobFile { stack, job }).collect();
+    Ok(Json(files).into_response())
+}
+
+async fn apply<S: Store>(
+    State(st): State<Shared<S>>,
+    Json(files): Json<Vec<JobFile>>,
+) -> Result<Response, ApiError> {
+    let records: Vec<JobRecord> = files
+        .into_iter()
+        .map(|f| JobRecord {
+            key: crate::deploy::folder::job_key(&f.stack, &f.job.name),
+            stack: f.stack,
+            job: f.job,
+        })
+        .collect();
+    Ok(Json(st.deployer.apply(&records).await?).into_response())
+}

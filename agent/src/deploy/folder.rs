@@ -1,0 +1,143 @@
+//! The deployment config folder in the store: one record per job at
+//! `/viking/deploy/<stack>/<job>`, JSON (or YAML, for records written by hand), in the job-file
+//! form of `stack::Job`. A record added by hand is honoured like a deployed one.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    stack::{parse::parse_job, yaml, Deployed, Job, Port, StackError},
+    store::{Store, StoreError},
+};
+
+pub const PREFIX: &str = crate::store::keys::DEPLOY;
+
+pub fn stack_prefix(stack: &str) -> String {
+    format!("{PREFIX}{stack}/")
+}
+
+pub fn job_key(stack: &str, job: &str) -> String {
+    format!("{PREFIX}{stack}/{job}")
+}
+
+/// One job record as found in the store.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub stack: String,
+    pub job: Job,
+    pub key: String,
+}
+
+/// Parses a job record; errors name the key (and line, for YAML written by hand).
+pub fn parse_record(key: &str, value: &[u8]) -> Result<JobRecord, StackError> {
+    let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+    let (stack, job) = rest
+        .split_once('/')
+        .filter(|(s, j)| !s.is_empty() && !j.is_empty() && !j.contains('/'))
+        .ok_or_else(|| {
+            StackError::new(key, 0, "", "not a job record (/viking/deploy/<stack>/<job>)")
+        })?;
+    crate::stack::check_name(stack).map_err(|e| StackError::new(key, 0, "stack", e))?;
+    let text =
+        std::str::from_utf8(value).map_err(|_| StackError::new(key, 0, "", "not UTF-8 text"))?;
+    let file = Path::new(key);
+    let node = yaml::parse(file, text)?;
+    let parsed = parse_job(file, job, &node, "", false)?;
+    Ok(JobRecord { stack: stack.to_owned(), job: parsed.job, key: key.to_owned() })
+}
+
+/// The canonical record of a job (what a deploy writes).
+pub fn record_value(job: &Job) -> Vec<u8> {
+    serde_json::to_vec_pretty(job).unwrap_or_default()
+}
+
+/// Every job record in the store, parsed: what is deployed.
+#[derive(Debug, Clone, Default)]
+pub struct DeployedJobs {
+    pub jobs: BTreeMap<(String, String), Job>,
+    /// Records that do not parse, with why (listed, never silently used).
+    pub invalid: Vec<StackError>,
+    pub revision: i64,
+}
+
+impl DeployedJobs {
+    pub async fn read<S: Store>(store: &S) -> Result<Self, StoreError> {
+        let listing = store.list(PREFIX).await?;
+        let mut out = Self { revision: listing.revision, ..Self::default() };
+        for kv in &listing.kvs {
+            match parse_record(&kv.key, &kv.value) {
+                Ok(r) => {
+                    out.jobs.insert((r.stack, r.job.name.clone()), r.job);
+                }
+                Err(e) => out.invalid.push(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn stack<'a>(&'a self, stack: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
+        self.jobs.iter().filter(move |((s, _), _)| s == stack).map(|(_, j)| j)
+    }
+
+    pub fn stacks(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.jobs.keys().map(|(s, _)| s.clone()).collect();
+        s.dedup();
+        s
+    }
+}
+
+impl Deployed for DeployedJobs {
+    fn ports(&self, stack: &str, job: &str) -> Option<Vec<Port>> {
+        self.jobs.get(&(stack.to_owned(), job.to_owned())).map(|j| j.ports.clone())
+    }
+    fn stack_exists(&self, stack: &str) -> bool {
+        self.jobs.keys().any(|(s, _)| s == stack)
+    }
+}
+
+/// Writes every job record under `dir` as `<dir>/<stack>/<job>.json` (`viking config export`).
+pub fn export(jobs: &DeployedJobs, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for ((stack, name), job) in &jobs.jobs {
+        let d = dir.join(stack);
+        std::fs::create_dir_all(&d)?;
+        let f = d.join(format!("{name}.json"));
+        std::fs::write(&f, record_value(job))?;
+        written.push(f);
+    }
+    Ok(written)
+}
+
+/// Reads `<dir>/<stack>/<job>.(json|yaml|yml)` files (`viking config apply`): every file must
+/// parse, else nothing is applied.
+pub fn import(dir: &Path) -> Result<Vec<JobRecord>, StackError> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| StackError::new(dir, 0, "", e.to_string()))?;
+    let mut stacks: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    stacks.sort();
+    for sdir in stacks {
+        let stack = sdir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&sdir)
+            .map_err(|e| StackError::new(&sdir, 0, "", e.to_string()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                matches!(p.extension().and_then(|e| e.to_str()), Some("json" | "yaml" | "yml"))
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            let job = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let text = std::fs::read(&f).map_err(|e| StackError::new(&f, 0, "", e.to_string()))?;
+            let mut r = parse_record(&job_key(&stack, &job), &text).map_err(|mut e| {
+                e.file = f.clone();
+                e
+            })?;
+            r.key = job_key(&stack, &job);
+            out.push(r);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,221 @@
+//! `BACKEND_*` service descriptors (seeds 002, 004):
+//!
+//! ```text
+//! BACKEND_REDIS=redis.master[prod,stats];6379/tcp
+//! BACKEND_REDIS=/services/prod/redis.master[prod,stats];6379/tcp
+//! BACKEND_APP1=/services/prod/app1/80[prod,app1];80/tcp
+//! BACKEND_DB_SLAVES=/services/prod/db/slaves/3306;3306/tcp
+//! ```
+//!
+//! The part before `;` names the service: a bare name (any environment) or an etcd path
+//! under `/services/` (a path may end at the service or go on to its port); `[...]` lists
+//! tags every endpoint must carry. After `;`: the port the container connects to on
+//! 127.0.0.1, and the protocol (tcp when left out).
+use std::fmt;
+
+use super::registration::{Endpoint, PREFIX};
+use crate::datapath::Proto;
+
+pub const ENV_PREFIX: &str = "BACKEND_";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceRef {
+    /// `redis.master`: that service in any environment.
+    Name(String),
+    /// `/services/prod/redis.master`: registrations under this path.
+    Path(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// The variable it came from (`BACKEND_REDIS`).
+    pub var: String,
+    pub service: ServiceRef,
+    pub tags: Vec<String>,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+/// A descriptor that does not parse: the variable's name and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?}: {reason}")]
+pub struct DescriptorError {
+    pub var: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Descriptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.service {
+            ServiceRef::Name(n) => f.write_str(n)?,
+            ServiceRef::Path(p) => f.write_str(p)?,
+        }
+        if !self.tags.is_empty() {
+            write!(f, "[{}]", self.tags.join(","))?;
+        }
+        write!(f, ";{}/{}", self.port, self.proto)
+    }
+}
+
+impl Descriptor {
+    pub fn parse(var: &str, value: &str) -> Result<Self, DescriptorError> {
+        let err = |reason: &str| DescriptorError {
+            var: var.to_owned(),
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (spec, local) =
+            value.rsplit_once(';').ok_or_else(|| err("expected NAME[TAGS];PORT/PROTO (no ';')"))?;
+        let (port, proto) = match local.trim().split_once('/') {
+            Some((p, proto)) => (p, proto.parse::<Proto>().map_err(|e| err(&e))?),
+            None => (local.trim(), Proto::Tcp),
+        };
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| err("the port after ';' must be 1-65535"))?;
+        let spec = spec.trim();
+        let (name, tags) = match spec.strip_suffix(']') {
+            Some(head) => {
+                let open = head.rfind('[').ok_or_else(|| err("']' without '['"))?;
+                let tags: Vec<String> = head[open + 1..]
+                    .split(',')
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                (&head[..open], tags)
+            }
+            None => (spec, Vec::new()),
+        };
+        if name.contains(['[', ']']) {
+            return Err(err("tags go in one [...] at the end of the name"));
+        }
+        if tags.iter().any(|t| t.contains(|c: char| c.is_whitespace() || c == '/')) {
+            return Err(err("a tag may not hold spaces or '/'"));
+        }
+        let name = name.trim_end_matches('/');
+        let service = if name.starts_with('/') {
+            if !name.starts_with(PREFIX.trim_end_matches('/')) || name.len() <= PREFIX.len() {
+                return Err(err("a path must be under /services/<env>/"));
+            }
+            ServiceRef::Path(name.to_owned())
+        } else {
+            if name.is_empty() || name.contains(char::is_whitespace) || name.contains('/') {
+                return Err(err("the service name is empty or holds spaces or '/'"));
+            }
+            ServiceRef::Name(name.to_owned())
+        };
+        Ok(Self { var: var.to_owned(), service, tags, port, proto })
+    }
+
+    /// Every `BACKEND_*` variable of an environment: the good ones, and the bad ones with why.
+    pub fn from_env<'a>(
+        env: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> (Vec<Self>, Vec<DescriptorError>) {
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for (k, v) in env {
+            if k.starts_with(ENV_PREFIX) {
+                match Self::parse(k, v) {
+                    Ok(d) => good.push(d),
+                    Err(e) => bad.push(e),
+                }
+            }
+        }
+        (good, bad)
+    }
+
+    /// Whether a registration is one of this descriptor's endpoints.
+    pub fn matches(&self, e: &Endpoint) -> bool {
+        let under = match &self.service {
+            ServiceRef::Name(n) => e.key.service == *n,
+            ServiceRef::Path(p) => {
+                let key = e.key.to_key();
+                key.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            }
+        };
+        let proto_ok = e.record.proto.is_none_or(|p| p == self.proto);
+        under && proto_ok && self.tags.iter().all(|t| e.record.tags.contains(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seeds_forms_parse() {
+        let d = Descriptor::parse("BACKEND_REDIS", "redis.master[prod,stats];6379/tcp").unwrap();
+        assert_eq!(d.service, ServiceRef::Name("redis.master".into()));
+        assert_eq!(d.tags, ["prod", "stats"]);
+        assert_eq!((d.port, d.proto), (6379, Proto::Tcp));
+        let d =
+            Descriptor::parse("BACKEND_REDIS", "/services/prod/redis.master[prod,stats];6379/tcp")
+                .unwrap();
+        assert_eq!(d.service, ServiceRef::Path("/services/prod/redis.master".into()));
+        let d =
+            Descriptor::parse("BACKEND_APP1", "/services/prod/app1/80[prod,app1];80/tcp").unwrap();
+        assert_eq!(d.service, ServiceRef::Path("/services/prod/app1/80".into()));
+        let d = Descriptor::parse("BACKEND_DB_SLAVES", "/services/prod/db/slaves/3306;3306/tcp")
+            .unwrap();
+        assert!(d.tags.is_empty());
+        assert_eq!(Descriptor::parse("BACKEND_DNS", "dns;53/udp").unwrap().proto, Proto::Udp);
+        assert_eq!(Descriptor::parse("BACKEND_X", "x;80").unwrap().proto, Proto::Tcp);
+    }
+
+    #[test]
+    fn bad_descriptors_say_which_variable_and_why() {
+        for (v, why) in [
+            ("redis", "no ';'"),
+            ("redis;0/tcp", "1-65535"),
+            ("redis;http", "1-65535"),
+            ("redis;80/sctp", "unknown protocol"),
+            ("redis[prod;80", "one [...]"),
+            ("/etc/passwd;80", "under /services/"),
+            (";80", "empty"),
+            ("re dis;80", "spaces"),
+            ("redis[a b];80", "tag"),
+        ] {
+            let e = Descriptor::parse("BACKEND_BAD", v).unwrap_err();
+            assert_eq!(e.var, "BACKEND_BAD");
+            assert!(e.to_string().contains(why), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn from_env_keeps_the_good_ones() {
+        let env = [("PATH", "/bin"), ("BACKEND_A", "a;1/tcp"), ("BACKEND_B", "oops")];
+        let (good, bad) = Descriptor::from_env(env);
+        assert_eq!(good.len(), 1);
+        assert_eq!(bad[0].var, "BACKEND_B");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn no_input_panics(value in ".{0,80}", var in "BACKEND_[A-Z_]{0,10}") {
+            let _ = Descriptor::parse(&var, &value);
+        }
+
+        #[test]
+        fn structured_inputs_parse_or_say_why(
+            name in "[a-z./]{0,12}",
+            tags in proptest::collection::vec("[a-z ,/]{0,5}", 0..3),
+            port in "[0-9a-z]{0,6}",
+            proto in "(tcp|udp|sctp|)",
+        ) {
+            let value = format!("{name}[{}];{port}/{proto}", tags.join(","));
+            match Descriptor::parse("BACKEND_X", &value) {
+                Ok(d) => prop_assert!(d.port != 0),
+                Err(e) => prop_assert!(!e.reason.is_empty() && e.var == "BACKEND_X"),
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Discovery: service registrations (seed 002's format, under `/services/`) and the
+//! `BACKEND_*` descriptors of embassy mode (seeds 002 and 004).
+//!
+//! - `registration`: the registration record and its key
+//! - `descriptor`: `BACKEND_X=name[tags];port/proto` parsing and matching
+pub mod descriptor;
+pub mod registration;
+pub mod sync;

@@ -1,0 +1,580 @@
+//! The embedded store: etcd's semantics (revisions, transactions, watches from a revision,
+//! leases, compaction) on one machine, persisted in a redb file (`DIR/store.redb`).
+//!
+//! One writer thread commits every write durably before it is acknowledged (`engine`);
+//! readers use redb's snapshots concurrently; watchers get the history from the `log` table
+//! and then live events (`hub`). Another process may open the same directory read-only (the
+//! CLI while the agent runs).
+mod codec;
+mod engine;
+mod hub;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, RwLock},
+    time::{Duration, Instant},
+};
+
+use redb::{
+    ConcurrencyMode, MultimapTableDefinition, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
+    TableDefinition,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use self::{
+    engine::{Done, LeaseState, Request, Write},
+    hub::{event_key, Hub},
+};
+use super::{
+    election,
+    watch::{Backoff, WATCH_BUFFER},
+    KeyValue, LeaderKey, LeaseId, Listing, Result, Revision, Store, StoreError, Txn, TxnResult,
+    Watch, WatchEvent,
+};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<(i64, u32), &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const LEASES: TableDefinition<i64, u64> = TableDefinition::new("leases");
+const LEASE_KEYS: MultimapTableDefinition<i64, &str> = MultimapTableDefinition::new("lease_keys");
+
+/// The database file inside the store's directory.
+pub const FILE: &str = "store.redb";
+/// Holds the PID of the process that has the store open for writing.
+const OWNER: &str = "owner.pid";
+
+enum Db {
+    Rw(redb::Database),
+    Ro(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Rw(db) => db.begin_read(),
+            Db::Ro(db) => db.begin_read(),
+        }
+    }
+}
+
+/// What the handles and the writer thread share.
+struct Shared {
+    dir: PathBuf,
+    /// `None` once closed.
+    db: RwLock<Option<Db>>,
+    hub: Mutex<Hub>,
+    leases: Mutex<HashMap<i64, LeaseState>>,
+}
+
+impl Shared {
+    fn describe(&self) -> String {
+        format!("embedded {}", self.dir.display())
+    }
+
+    fn error(&self, op: &'static str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Embedded { dir: self.dir.clone(), op, reason: e.to_string() }
+    }
+
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        self.hub.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn leases(&self) -> MutexGuard<'_, HashMap<i64, LeaseState>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Time until the next lease expires.
+    fn next_expiry(&self) -> Duration {
+        let now = Instant::now();
+        self.leases()
+            .values()
+            .map(|l| l.deadline.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// Removes the expired leases from the live set; the writer revokes them.
+    fn take_expired(&self) -> Vec<i64> {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        let expired: Vec<i64> =
+            leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+        for id in &expired {
+            leases.remove(id);
+        }
+        expired
+    }
+
+    /// Runs `f` on a read snapshot.
+    fn read<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, redb::Error>,
+    ) -> Result<T> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = guard.as_ref().ok_or_else(|| StoreError::Closed { store: self.describe() })?;
+        let txn = db.begin_read().map_err(|e| self.error(op, e))?;
+        f(&txn).map_err(|e| self.error(op, e))
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// `None` for a read-only handle.
+    writer: Option<Mutex<std_mpsc::Sender<Request>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A handle on an embedded store; clones share it.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EmbeddedStore({})", self.inner.shared.dir.display())
+    }
+}
+
+fn revision_of(txn: &redb::ReadTransaction) -> std::result::Result<Revision, redb::Error> {
+    Ok(txn.open_table(META)?.get("revision")?.map_or(0, |g| g.value()))
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir` for reading and writing. Only one process
+    /// may do so at a time; another gets `StoreError::InUse` naming the holder.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(d))
+            .await
+            .map_err(|e| StoreError::Embedded { dir, op: "open", reason: e.to_string() })?
+    }
+
+    fn open_blocking(dir: PathBuf) -> Result<Self> {
+        let err = |op: &'static str, e: &dyn std::fmt::Display| StoreError::Embedded {
+            dir: dir.clone(),
+            op,
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| err("creating the directory", &e))?;
+        let db = redb::Builder::new()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .create(dir.join(FILE))
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::InUse { holder: holder(&dir), dir: dir.clone() }
+                }
+                e => err("open", &e),
+            })?;
+        let _ = std::fs::write(dir.join(OWNER), format!("{}\n", std::process::id()));
+        // NB: every table exists from the start, so readers never find one missing.
+        let (revision, compacted, leases) = (|| -> std::result::Result<_, redb::Error> {
+            let txn = db.begin_write()?;
+            let (revision, compacted, leases) = {
+                txn.open_table(KV)?;
+                txn.open_table(LOG)?;
+                txn.open_multimap_table(LEASE_KEYS)?;
+                let meta = txn.open_table(META)?;
+                let revision = meta.get("revision")?.map_or(0, |g| g.value());
+                let compacted = meta.get("compacted")?.map_or(0, |g| g.value());
+                let mut leases = HashMap::new();
+                let now = Instant::now();
+                for entry in txn.open_table(LEASES)?.iter()? {
+                    let (id, ttl) = entry?;
+                    let ttl = Duration::from_millis(ttl.value());
+                    leases.insert(id.value(), LeaseState { ttl, deadline: now + ttl });
+                }
+                (revision, compacted, leases)
+            };
+            txn.commit()?;
+            Ok((revision, compacted, leases))
+        })()
+        .map_err(|e| err("initialising", &e))?;
+        tracing::debug!(dir = %dir.display(), revision, leases = leases.len(), "embedded store open");
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            db: RwLock::new(Some(Db::Rw(db))),
+            hub: Mutex::new(Hub::new(revision, compacted)),
+            leases: Mutex::new(leases),
+        });
+        let (tx, rx) = std_mpsc::channel();
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("viking-store".into())
+            .spawn(move || engine::run(s, rx))
+            .map_err(|e| err("starting the writer", &e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                writer: Some(Mutex::new(tx)),
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Opens the store in `dir` for reading only, alongside the process that writes it (the
+    /// CLI next to a running agent). Writes, leases and watches are refused.
+    pub async fn open_read_only(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || Self::open_read_only_blocking(d))
+            .await
+            .map_err(|e| StoreError::Embedded { dir, op: "open", reason: e.to_string() })?
+    }
+
+    fn open_read_only_blocking(dir: PathBuf) -> Result<Self> {
+        let path = dir.join(FILE);
+        if !path.exists() {
+            return Err(StoreError::Missing { dir });
+        }
+        let db = redb::Builder::new()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .open_read_only(&path)
+            .map_err(|e| StoreError::Embedded {
+                dir: dir.clone(),
+                op: "open read-only",
+                reason: e.to_string(),
+            })?;
+        let shared = Arc::new(Shared {
+            dir,
+            db: RwLock::new(Some(Db::Ro(db))),
+            hub: Mutex::new(Hub::new(0, 0)),
+            leases: Mutex::new(HashMap::new()),
+        });
+        let revision = shared.read("open read-only", revision_of)?;
+        shared.hub().revision = revision;
+        Ok(Self { inner: Arc::new(Inner { shared, writer: None, thread: Mutex::new(None) }) })
+    }
+
+    /// Opens for writing when possible, else read-only (someone else writes): what a command
+    /// that only reads wants.
+    pub async fn open_for_reading(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.join(FILE).exists() {
+            return Err(StoreError::Missing { dir: dir.to_path_buf() });
+        }
+        match Self::open(dir).await {
+            Err(StoreError::InUse { .. }) => Self::open_read_only(dir).await,
+            other => other,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.shared.dir
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.inner.writer.is_none()
+    }
+
+    /// Finishes pending writes, stops the writer and releases the file: another process (or
+    /// this one) may open the directory afterwards. Other handles then get `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.writer.is_some() {
+            // NB: an error means the writer is gone already.
+            let _ = self.write(Write::Shutdown).await;
+        }
+        let thread = self.inner.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+            shared.hub().close();
+            shared.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        })
+        .await
+        .map_err(|e| self.inner.shared.error("close", e))
+    }
+
+    async fn write(&self, write: Write) -> Result<Done> {
+        let shared = &self.inner.shared;
+        let Some(writer) = &self.inner.writer else {
+            let op = match write {
+                Write::Put { .. } => "put",
+                Write::Delete { .. } | Write::DeletePrefix { .. } => "delete",
+                Write::Txn(_) => "txn",
+                Write::Grant { .. } => "grant lease",
+                Write::Revoke { .. } => "revoke lease",
+                Write::Compact { .. } => "compact",
+                Write::Shutdown => "close",
+            };
+            return Err(StoreError::ReadOnly { dir: shared.dir.clone(), op });
+        };
+        let (reply, rx) = oneshot::channel();
+        writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Request { write, reply })
+            .map_err(|_| StoreError::Closed { store: shared.describe() })?;
+        rx.await.map_err(|_| StoreError::Closed { store: shared.describe() })?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T> {
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || shared.read(op, f))
+            .await
+            .map_err(|e| self.inner.shared.error(op, e))?
+    }
+
+    fn unexpected(&self, op: &'static str) -> StoreError {
+        self.inner.shared.error(op, "unexpected answer from the writer")
+    }
+
+    /// History from `from` and a live subscription after it, atomically (no gap, no overlap).
+    fn subscribe(
+        shared: &Shared,
+        prefix: &str,
+        from: Revision,
+    ) -> Result<(Vec<WatchEvent>, mpsc::Receiver<WatchEvent>)> {
+        let mut hub = shared.hub();
+        if hub.closed {
+            return Err(StoreError::Closed { store: shared.describe() });
+        }
+        if from < hub.compacted {
+            return Err(StoreError::Compacted {
+                store: shared.describe(),
+                revision: from,
+                compacted: hub.compacted,
+            });
+        }
+        let upto = hub.revision;
+        let history = if from <= upto {
+            let prefix = prefix.to_string();
+            shared.read("watch history", move |txn| {
+                let log = txn.open_table(LOG)?;
+                let mut out = Vec::new();
+                for entry in log.range((from, 0)..=(upto, u32::MAX))? {
+                    let (_, v) = entry?;
+                    if let Some(e) = codec::decode_event(v.value()) {
+                        if event_key(&e).starts_with(&prefix) {
+                            out.push(e);
+                        }
+                    }
+                }
+                Ok(out)
+            })?
+        } else {
+            Vec::new()
+        };
+        Ok((history, hub.subscribe(prefix, WATCH_BUFFER)))
+    }
+}
+
+/// Who holds the store, for the error message.
+fn holder(dir: &Path) -> String {
+    match std::fs::read_to_string(dir.join(OWNER)) {
+        Ok(pid) if !pid.trim().is_empty() => format!(" (pid {})", pid.trim()),
+        _ => String::new(),
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn describe(&self) -> String {
+        self.inner.shared.describe()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_string();
+        self.read("get", move |txn| {
+            let kv = txn.open_table(KV)?;
+            Ok(kv.get(key.as_str())?.and_then(|g| codec::decode_record(&key, g.value())))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        let prefix = prefix.to_string();
+        self.read("list", move |txn| {
+            let kv = txn.open_table(KV)?;
+            let mut kvs = Vec::new();
+            for entry in kv.range::<&str>(prefix.as_str()..)? {
+                let (k, v) = entry?;
+                let key = k.value();
+                if !key.starts_with(prefix.as_str()) {
+                    break;
+                }
+                if let Some(kv) = codec::decode_record(key, v.value()) {
+                    kvs.push(kv);
+                }
+            }
+            Ok(Listing { kvs, revision: revision_of(txn)? })
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
+        match self.write(Write::Put { key: key.into(), value, lease }).await? {
+            Done::Revision(r) => Ok(r),
+            _ => Err(self.unexpected("put")),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        match self.write(Write::Delete { key: key.into() }).await? {
+            Done::Count(n) => Ok(n > 0),
+            _ => Err(self.unexpected("delete")),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        match self.write(Write::DeletePrefix { prefix: prefix.into() }).await? {
+            Done::Count(n) => Ok(n),
+            _ => Err(self.unexpected("delete")),
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        // NB: a transaction of gets only is a read: no trip through the writer.
+        if txn.when.is_empty() && txn.then.iter().all(|o| matches!(o, super::Op::Get { .. })) {
+            let keys: Vec<String> = txn.then.iter().map(|o| o.key().to_string()).collect();
+            return self
+                .read("txn", move |t| {
+                    let kv = t.open_table(KV)?;
+                    let mut gets = Vec::new();
+                    for key in &keys {
+                        gets.push(
+                            kv.get(key.as_str())?
+                                .and_then(|g| codec::decode_record(key, g.value())),
+                        );
+                    }
+                    Ok(TxnResult { succeeded: true, revision: revision_of(t)?, gets })
+                })
+                .await;
+        }
+        match self.write(Write::Txn(txn)).await? {
+            Done::Txn(r) => Ok(r),
+            _ => Err(self.unexpected("txn")),
+        }
+    }
+
+    async fn watch(&self, prefix: &str, from: Option<Revision>) -> Result<Watch> {
+        let shared = &self.inner.shared;
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly { dir: shared.dir.clone(), op: "watch" });
+        }
+        let start = match from {
+            Some(r) => r,
+            None => shared.hub().revision + 1,
+        };
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let task = tokio::spawn(watch_task(self.clone(), prefix.to_string(), start, tx));
+        Ok(Watch::new(rx, task))
+    }
+
+    async fn revision(&self) -> Result<Revision> {
+        self.read("revision", revision_of).await
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.write(Write::Compact { revision }).await.map(|_| ())
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
+        match self.write(Write::Grant { ttl }).await? {
+            Done::Lease(l) => Ok(l),
+            _ => Err(self.unexpected("grant lease")),
+        }
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+        let shared = &self.inner.shared;
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly { dir: shared.dir.clone(), op: "keep lease alive" });
+        }
+        let now = Instant::now();
+        match shared.leases().get_mut(&lease.0) {
+            Some(l) if l.deadline > now => {
+                l.deadline = now + l.ttl;
+                Ok(l.ttl)
+            }
+            _ => Err(StoreError::LeaseNotFound { store: shared.describe(), lease: lease.0 }),
+        }
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<()> {
+        self.write(Write::Revoke { lease }).await.map(|_| ())
+    }
+
+    async fn campaign(&self, election: &str, value: Vec<u8>, lease: LeaseId) -> Result<LeaderKey> {
+        election::campaign(self, election, value, lease).await
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<KeyValue>> {
+        election::leader(self, election).await
+    }
+
+    async fn resign(&self, key: &LeaderKey) -> Result<()> {
+        election::resign(self, key).await
+    }
+}
+
+/// Feeds one watch: history then live events; after falling behind, from the history again;
+/// after a compaction, a resync.
+async fn watch_task(
+    store: EmbeddedStore,
+    prefix: String,
+    mut next: Revision,
+    tx: mpsc::Sender<WatchEvent>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        let shared = store.inner.shared.clone();
+        let p = prefix.clone();
+        let sub =
+            tokio::task::spawn_blocking(move || EmbeddedStore::subscribe(&shared, &p, next)).await;
+        match sub {
+            Ok(Ok((history, mut live))) => {
+                for e in history {
+                    next = e.revision() + 1;
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                while let Some(e) = live.recv().await {
+                    if e.revision() < next {
+                        continue;
+                    }
+                    next = e.revision() + 1;
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                // The hub dropped us: we fell behind (resume from the history) or it closed.
+            }
+            Ok(Err(StoreError::Compacted { compacted, .. })) => {
+                tracing::info!(store = %store.describe(), %prefix, wanted = next, compacted, "watch: history compacted, resyncing");
+                match store.list(&prefix).await {
+                    Ok(listing) => {
+                        next = listing.revision + 1;
+                        let event =
+                            WatchEvent::Resync { kvs: listing.kvs, revision: listing.revision };
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(store = %store.describe(), %prefix, error = %e, "watch: resync failed");
+                        backoff.wait().await;
+                    }
+                }
+            }
+            Ok(Err(StoreError::Closed { .. })) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(store = %store.describe(), %prefix, error = %e, "watch: retrying");
+                backoff.wait().await;
+            }
+            Err(_) => return,
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The key layout (design.md "Store layout"; docs/store.md). Every key Viking reads or writes
+//! is built here, so the layout is in one place.
+//!
+//! ```text
+//! /viking/hosts/<host>                          membership (leased)
+//! /viking/deploy/<stack>/<job>                  job definitions
+//! /viking/proc/<host>/<stack>/<job>/<index>     intent, written by the leader
+//! /viking/ps/<host>/<stack>/<job>/<index>       actual state (leased)
+//! /viking/alloc/ports/next                      port counter
+//! /viking/alloc/ports/<stack>_<job>/<port>      the ambassador port of that service port
+//! /viking/alloc/subnets/<stack>                 a stack's subnet
+//! /viking/alloc/ips/<stack>/<ip>                a container's address
+//! /viking/history/<stack>/<job>                 where it ran
+//! /viking/leader                                election
+//! /services/<env>/<service>/<port>/<host_port>/<id>   registrations (seed 002)
+//! ```
+
+pub const ROOT: &str = "/viking/";
+pub const HOSTS: &str = "/viking/hosts/";
+pub const DEPLOY: &str = "/viking/deploy/";
+pub const PROC: &str = "/viking/proc/";
+pub const PS: &str = "/viking/ps/";
+pub const PORTS: &str = "/viking/alloc/ports/";
+pub const PORTS_NEXT: &str = "/viking/alloc/ports/next";
+pub const SUBNETS: &str = "/viking/alloc/subnets/";
+pub const IPS: &str = "/viking/alloc/ips/";
+pub const HISTORY: &str = "/viking/history/";
+pub const LEADER: &str = "/viking/leader";
+pub const SERVICES: &str = "/services/";
+
+/// Why a name cannot be one segment of a key, if it cannot.
+pub fn segment_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.contains('/') {
+        Some("it contains '/'")
+    } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some("it contains whitespace or control characters")
+    } else if name.len() > 253 {
+        Some("it is longer than 253 bytes")
+    } else {
+        None
+    }
+}
+
+pub fn host(host: &str) -> String {
+    format!("{HOSTS}{host}")
+}
+
+/// `/viking/alloc/ports/<service>/` where service is `<stack>_<job>`.
+pub fn service_ports(service: &str) -> String {
+    format!("{PORTS}{service}/")
+}
+
+pub fn service_port(service: &str, port: u16) -> String {
+    format!("{PORTS}{service}/{port}")
+}
+
+pub fn subnet(stack: &str) -> String {
+    format!("{SUBNETS}{stack}")
+}
+
+pub fn stack_ips(stack: &str) -> String {
+    format!("{IPS}{stack}/")
+}
+
+pub fn ip(stack: &str, ip: std::net::Ipv4Addr) -> String {
+    format!("{IPS}{stack}/{ip}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_design() {
+        assert_eq!(service_port("shared_mongo", 27017), "/viking/alloc/ports/shared_mongo/27017");
+        assert_eq!(subnet("web"), "/viking/alloc/subnets/web");
+        assert_eq!(ip("web", "10.32.0.2".parse().unwrap()), "/viking/alloc/ips/web/10.32.0.2");
+        assert_eq!(host("one"), "/viking/hosts/one");
+        assert!(segment_problem("a/b").is_some());
+        assert!(segment_problem("").is_some());
+        assert!(segment_problem("a b").is_some());
+        assert!(segment_problem("shared_mongo").is_none());
+    }
+}

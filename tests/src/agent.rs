@@ -1,0 +1,130 @@
+//! A real `viking agent` process for tests: its own cgroup, bpffs dir, API port and token file;
+//! killed by PID and cleaned up on Drop.
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use viking::api::client::ApiClient;
+
+use crate::{
+    guards::{BpfDir, Cgroup, ChildGuard},
+    unique, viking_bin,
+};
+
+/// A free loopback TCP port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct AgentProc {
+    // NB: the process goes first, then its pins, cgroup and files.
+    pub child: Option<ChildGuard>,
+    pub bpf: BpfDir,
+    pub cgroup: Cgroup,
+    pub dir: PathBuf,
+    pub node: String,
+    pub api: String,
+    pub store: String,
+}
+
+impl AgentProc {
+    /// Starts an agent with an embedded store of its own (removed with it).
+    pub async fn embedded() -> Self {
+        Self::start(None).await
+    }
+
+    /// Starts an agent on `store` (`etcd://..`; `None`: embedded, in the agent's own dir) and
+    /// waits for its API.
+    pub async fn start(store: Option<&str>) -> Self {
+        crate::require_root();
+        let node = unique("node");
+        let dir = std::env::temp_dir().join(unique("vk-agent-"));
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let mut a = Self {
+            child: None,
+            bpf: BpfDir::new(),
+            cgroup: Cgroup::new(),
+            api: format!("127.0.0.1:{}", free_port()),
+            dir,
+            node,
+            store: String::new(),
+        };
+        a.store = store
+            .map_or_else(|| format!("embedded:{}", a.dir.join("store").display()), str::to_owned);
+        a.spawn();
+        a.wait_healthy().await;
+        a
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("api-token")
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(viking_bin());
+        cmd.args(["agent", "--node", &self.node, "--store", &self.store, "--api", &self.api])
+            .arg("--cgroup")
+            .arg(&self.cgroup.path)
+            .arg("--bpffs")
+            .arg(&self.bpf.path)
+            .arg("--token-file")
+            .arg(self.token_file())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("agent.log")).expect("log file"));
+        self.child = Some(ChildGuard::spawn(cmd));
+    }
+
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("http://{}/v1/health", self.api);
+        while Instant::now() < deadline {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success())
+                && self.token_file().exists()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("agent {} did not come up:\n{}", self.node, self.log());
+    }
+
+    /// Whether this agent leads now (its health answer says).
+    pub async fn is_leader(&self) -> bool {
+        let url = format!("http://{}/v1/health", self.api);
+        match reqwest::get(&url).await {
+            Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|v| v["leader"] == true),
+            Err(_) => false,
+        }
+    }
+
+    pub fn client(&self) -> ApiClient {
+        let token = std::fs::read_to_string(self.token_file()).expect("token file");
+        ApiClient::new(&self.api, token.trim().to_owned())
+    }
+
+    pub fn client_with(&self, token: &str) -> ApiClient {
+        ApiClient::new(&self.api, token.to_owned())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Kills the process (SIGKILL, by PID).
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.child = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,64 @@
+//! What Viking's hooks cost inside the kernel, from the kernel's own per-program counters
+//! (run time and run count). They count only while BPF_ENABLE_STATS is held: `StatsOn` holds
+//! it and turns it off again on drop (the kernel does so too if the process dies).
+use std::{os::fd::OwnedFd, path::Path};
+
+use anyhow::Context as _;
+use aya::programs::links::{FdLink, PinnedLink};
+
+/// The programs a TCP connect goes through: connect4 at connect(), sock_ops at the TCP
+/// callbacks (connect, established, state changes).
+pub const PROGRAMS: [&str; 2] = ["connect4", "viking_sockops"];
+
+pub struct StatsOn {
+    _fd: OwnedFd,
+}
+
+impl StatsOn {
+    pub fn new() -> anyhow::Result<Self> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("BPF_ENABLE_STATS (kernel 5.8+)")?;
+        Ok(Self { _fd: fd })
+    }
+}
+
+/// Accumulated run time (ns) and run count of one program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub run_ns: u64,
+    pub runs: u64,
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Self;
+    fn sub(self, rhs: Self) -> Self {
+        Self {
+            run_ns: self.run_ns.saturating_sub(rhs.run_ns),
+            runs: self.runs.saturating_sub(rhs.runs),
+        }
+    }
+}
+
+/// The counters of the program whose link is pinned at `<bpffs>/links/<name>`.
+pub fn read(bpffs: &Path, name: &str) -> anyhow::Result<Counters> {
+    let path = bpffs.join("links").join(name);
+    let link: FdLink = PinnedLink::from_pin(&path)
+        .with_context(|| format!("opening the link pinned at {}", path.display()))?
+        .into();
+    let id = link.info().with_context(|| format!("link info of {name}"))?.program_id();
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing loaded programs")?;
+        if info.id() == id {
+            return Ok(Counters {
+                run_ns: info.run_time().as_nanos() as u64,
+                runs: info.run_count(),
+            });
+        }
+    }
+    anyhow::bail!("program {id} ({name}) is not loaded")
+}
+
+/// The counters of every program in `PROGRAMS`, in that order.
+pub fn read_all(bpffs: &Path) -> anyhow::Result<[Counters; 2]> {
+    Ok([read(bpffs, PROGRAMS[0])?, read(bpffs, PROGRAMS[1])?])
+}

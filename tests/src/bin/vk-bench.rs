@@ -1,0 +1,68 @@
+//! Viking's benchmarks (docs/benchmarks.md). Run through `cargo xtask bench datapath`, as root.
+//!
+//!   vk-bench datapath [--json FILE] [--quick]   the whole benchmark (viking_tests::bench)
+//!   vk-bench cps ADDR SECS THREADS               connection loop; prints one JSON line
+//!   vk-bench latency ADDR SAMPLES                connect() timings; prints one JSON line
+//!
+//! `cps` and `latency` are what the benchmark runs as children inside the client namespace
+//! and the datapath's cgroup.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context as _};
+use viking_tests::bench::{self, client};
+
+const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--quick]
+       vk-bench cps ADDR SECS THREADS
+       vk-bench latency ADDR SAMPLES";
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vk-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> anyhow::Result<()> {
+    let arg = |i: usize, what: &str| -> anyhow::Result<&str> {
+        args.get(i).map(String::as_str).with_context(|| format!("missing {what}\n{USAGE}"))
+    };
+    match args.first().map(String::as_str) {
+        Some("datapath") => {
+            let mut opts = bench::Options::default();
+            let mut rest = args[1..].iter();
+            while let Some(a) = rest.next() {
+                match a.as_str() {
+                    "--quick" => opts.quick = true,
+                    "--json" => {
+                        opts.json = Some(PathBuf::from(rest.next().context("--json needs a FILE")?))
+                    }
+                    other => bail!("unknown argument {other:?}\n{USAGE}"),
+                }
+            }
+            bench::run(&opts)
+        }
+        Some("cps") => {
+            let addr: SocketAddr = arg(1, "ADDR")?.parse().context("ADDR")?;
+            let secs: f64 = arg(2, "SECS")?.parse().context("SECS")?;
+            let threads: usize = arg(3, "THREADS")?.parse().context("THREADS")?;
+            print_json(&client::cps(addr, secs, threads))
+        }
+        Some("latency") => {
+            let addr = match arg(1, "ADDR")?.parse().context("ADDR")? {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(_) => bail!("latency: IPv4 addresses only"),
+            };
+            let samples: usize = arg(2, "SAMPLES")?.parse().context("SAMPLES")?;
+            print_json(&client::latency(addr, samples, samples / 20))
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v).context("serialising")?);
+    Ok(())
+}

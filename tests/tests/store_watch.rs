@@ -1,0 +1,147 @@
+//! Watches: every event in order, across a compaction (or a resync that brings the complete
+//! state), and across the etcd server restarting under them.
+// NB: the store tests are plain async fns run by store_tests!, which clippy does not
+// count as tests; they unwrap like any test.
+#![allow(clippy::unwrap_used)]
+use std::{collections::BTreeMap, time::Duration};
+
+use viking::store::{Store, Watch, WatchEvent};
+use viking_tests::{
+    etcd::{Backend, Etcd},
+    store_tests,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Applies events to a picture of the keys until it has `want` keys whose values are the
+/// final ones; returns the picture and whether a resync was seen.
+async fn follow(
+    watch: &mut Watch,
+    state: &mut BTreeMap<String, Vec<u8>>,
+    want: &BTreeMap<String, Vec<u8>>,
+) -> bool {
+    let mut resynced = false;
+    let mut last = 0;
+    while state != want {
+        let e = watch.next_within(WAIT).await.unwrap_or_else(|| {
+            panic!("watch stalled: have {} keys, want {}", state.len(), want.len())
+        });
+        assert!(e.revision() > last, "events out of order: {} after {last}", e.revision());
+        last = e.revision();
+        match e {
+            WatchEvent::Put(kv) => {
+                state.insert(kv.key, kv.value);
+            }
+            WatchEvent::Delete { key, .. } => {
+                state.remove(&key);
+            }
+            WatchEvent::Resync { kvs, .. } => {
+                resynced = true;
+                *state = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+            }
+        }
+    }
+    resynced
+}
+
+/// A watch running across a compaction sees every event; a watch from a revision compacted
+/// away gets a resync with the complete state, then the events after it.
+async fn across_compaction<B: Backend>(b: &B) {
+    let s = b.client().await;
+    let start = s.revision().await.unwrap() + 1;
+    let mut live = s.watch("/w/", None).await.unwrap();
+    let mut want = BTreeMap::new();
+    for i in 0..50 {
+        let key = format!("/w/{i:02}");
+        s.put(&key, format!("v{i}").into_bytes(), None).await.unwrap();
+        want.insert(key, format!("v{i}").into_bytes());
+    }
+    for i in 0..10 {
+        s.delete(&format!("/w/{i:02}")).await.unwrap();
+        want.remove(&format!("/w/{i:02}"));
+    }
+    // Noise outside the prefix is not reported.
+    s.put("/other/x", b"1".to_vec(), None).await.unwrap();
+    let compact_at = s.revision().await.unwrap();
+    s.compact(compact_at).await.unwrap();
+    for i in 50..80 {
+        let key = format!("/w/{i:02}");
+        s.put(&key, format!("v{i}").into_bytes(), None).await.unwrap();
+        want.insert(key, format!("v{i}").into_bytes());
+    }
+    // The live watch: every event, no resync needed.
+    let mut state = BTreeMap::new();
+    let resynced = follow(&mut live, &mut state, &want).await;
+    assert!(!resynced, "{}: a live watch resynced", b.name());
+    assert!(
+        live.next_within(Duration::from_millis(200)).await.is_none(),
+        "events beyond the writes"
+    );
+
+    // A watch from before the compaction: resync, complete, then live events.
+    let mut late = s.watch("/w/", Some(start)).await.unwrap();
+    let mut state = BTreeMap::new();
+    let resynced = follow(&mut late, &mut state, &want).await;
+    assert!(resynced, "{}: a watch from a compacted revision did not resync", b.name());
+    s.put("/w/after", b"x".to_vec(), None).await.unwrap();
+    want.insert("/w/after".into(), b"x".to_vec());
+    follow(&mut late, &mut state, &want).await;
+    // A watch from a revision still kept replays history exactly.
+    let mut exact = s.watch("/w/", Some(compact_at)).await.unwrap();
+    let mut seen = 0;
+    while let Some(e) = exact.next_within(Duration::from_millis(500)).await {
+        assert!(!matches!(e, WatchEvent::Resync { .. }));
+        seen += 1;
+    }
+    assert_eq!(seen, 31, "{}: 30 puts after the compaction and one more", b.name());
+}
+
+/// A reader slower than the writers still gets every event, in order.
+async fn slow_reader<B: Backend>(b: &B) {
+    let s = b.client().await;
+    let mut watch = s.watch("/slow/", None).await.unwrap();
+    let mut want = BTreeMap::new();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let s = b.client().await;
+        writers.push(tokio::spawn(async move {
+            for i in 0..600 {
+                s.put(&format!("/slow/{w}/{i}"), vec![1], None).await.unwrap();
+            }
+        }));
+        for i in 0..600 {
+            want.insert(format!("/slow/{w}/{i}"), vec![1]);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut state = BTreeMap::new();
+    follow(&mut watch, &mut state, &want).await;
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
+store_tests!(across_compaction, slow_reader);
+
+/// The etcd server restarts under a watch: events written while it was down are impossible,
+/// those before and after all arrive, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_etcd_restart() {
+    let mut etcd = Etcd::start().await;
+    let s = etcd.store().await;
+    let mut watch = s.watch("/r/", None).await.unwrap();
+    let mut want = BTreeMap::new();
+    for i in 0..20 {
+        s.put(&format!("/r/{i}"), vec![1], None).await.unwrap();
+        want.insert(format!("/r/{i}"), vec![1]);
+    }
+    etcd.restart(0);
+    etcd.wait_ready().await;
+    for i in 20..40 {
+        s.put(&format!("/r/{i}"), vec![2], None).await.unwrap();
+        want.insert(format!("/r/{i}"), vec![2]);
+    }
+    let mut state = BTreeMap::new();
+    follow(&mut watch, &mut state, &want).await;
+    assert!(watch.next_within(Duration::from_millis(300)).await.is_none());
+}

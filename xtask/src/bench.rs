@@ -1,0 +1,49 @@
+//! `cargo xtask bench datapath [--json FILE] [--quick]`: setup, build, then the benchmark
+//! binary (tests/src/bin/vk-bench.rs), as root. Results: docs/benchmarks.md.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::{
+    setup,
+    util::{exec, Step},
+};
+
+pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()> {
+    if which != "datapath" {
+        bail!("unknown benchmark {which:?} (there is: datapath)");
+    }
+    if !is_root() {
+        bail!(
+            "cargo xtask bench needs root: it loads eBPF programs and creates network namespaces"
+        );
+    }
+    // NB: cargo runs the binary from the workspace root; a relative path means the caller's
+    // directory.
+    let json = match json {
+        Some(p) if p.is_relative() => {
+            Some(std::env::current_dir().context("current directory")?.join(p))
+        }
+        other => other,
+    };
+    setup::run()?;
+    {
+        let _s = Step::new(1, 2, "build (release: agent library with its eBPF object, vk-bench)");
+        exec(Command::new("cargo").args(["build", "--release", "-p", "viking-tests", "--bins"]))?;
+    }
+    let _s = Step::new(2, 2, "bench datapath (a few minutes; --quick: under a minute)");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["run", "--release", "-q", "-p", "viking-tests", "--bin", "vk-bench", "--"]);
+    cmd.arg("datapath");
+    if let Some(path) = &json {
+        cmd.arg("--json").arg(path);
+    }
+    if quick {
+        cmd.arg("--quick");
+    }
+    exec(&mut cmd)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
