@@ -167,3 +167,57 @@ async fn a_write_sent_to_a_non_leader_lands_once() {
     ports.sort_unstable();
     assert_eq!(ports[2] - ports[0], 2, "consecutive: nothing allocated twice ({ports:?})");
 }
+
+#[tokio::test]
+async fn job_records_added_by_hand_are_honoured_and_the_folder_round_trips() {
+    use viking::{
+        api::JobFile,
+        store::{EtcdOptions, EtcdStore, Store},
+    };
+    let etcd = Etcd::start().await;
+    let agent = AgentProc::start(Some(&etcd.spec())).await;
+    let api = agent.client();
+    let store = EtcdStore::connect(&etcd.endpoints(), &EtcdOptions::default()).await.unwrap();
+    // An operator drops a YAML job into the deployment config folder.
+    store
+        .put("/viking/deploy/extra/cache", b"image: redis\nports:\n  - 6379\n".to_vec(), None)
+        .await
+        .unwrap();
+    let stacks: Vec<StackSummary> = api.get("/v1/stacks").await.unwrap().unwrap();
+    assert!(stacks.iter().any(|s| s.name == "extra" && s.jobs == ["cache"]), "{stacks:?}");
+    // A stack can link to it like to any deployed job.
+    let dir = std::env::temp_dir().join(unique("vk-hand-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("app.yml");
+    std::fs::write(&file, "app:\n  image: app\n  links: [extra/cache]\n").unwrap();
+    deploy(&api, "app", &file).await.unwrap();
+    let env = env_of(&api, "app", "app").await;
+    assert!(env.contains_key("EXTRA_CACHE_PORT_6379_TCP_PORT"), "{env:?}");
+    // A record that does not parse is not used, and says which key.
+    store.put("/viking/deploy/extra/broken", b"ports: [http]\n".to_vec(), None).await.unwrap();
+    std::fs::write(&file, "app:\n  image: app\n  links: [extra/broken]\n").unwrap();
+    let err = deploy(&api, "app", &file).await.expect_err("refused");
+    assert!(err.contains("/viking/deploy/extra/broken") && err.contains("is not a port"), "{err}");
+    store.delete("/viking/deploy/extra/broken").await.unwrap();
+
+    // Export, remove, apply: the same records come back.
+    let files: Vec<JobFile> = api.get("/v1/config").await.unwrap().unwrap();
+    let out = dir.join("export");
+    let mut jobs = viking::deploy::DeployedJobs::default();
+    for f in &files {
+        jobs.jobs.insert((f.stack.clone(), f.job.name.clone()), f.job.clone());
+    }
+    viking::deploy::folder::export(&jobs, &out).unwrap();
+    assert!(out.join("extra/cache.json").is_file() && out.join("app/app.json").is_file());
+    api.delete("/v1/stacks/extra").await.unwrap();
+    let records = viking::deploy::folder::import(&out).unwrap();
+    let back: Vec<JobFile> =
+        records.into_iter().map(|r| JobFile { stack: r.stack, job: r.job }).collect();
+    let n: usize = api.post("/v1/config", &back).await.unwrap().unwrap();
+    assert_eq!(n, 2);
+    let again: Vec<JobFile> = api.get("/v1/config").await.unwrap().unwrap();
+    let names =
+        |v: &[JobFile]| v.iter().map(|f| (f.stack.clone(), f.job.clone())).collect::<Vec<_>>();
+    assert_eq!(names(&again), names(&files));
+    let _ = std::fs::remove_dir_all(&dir);
+}

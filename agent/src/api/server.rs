@@ -96,31 +96,62 @@ async fn auth<S: Store>(State(st): State<Shared<S>>, req: Request, next: Next) -
     }
 }
 
+/// How long a write waits for a leader to be elected (an agent just started, a leader just
+/// died) before the answer is 503.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Writes go to the leader: a follower forwards them once and relays the answer.
 async fn to_leader<S: Store>(State(st): State<Shared<S>>, req: Request, next: Next) -> Response {
-    if req.method() == Method::GET || *st.leading.borrow() {
+    if req.method() == Method::GET {
         return next.run(req).await;
     }
-    if req.headers().contains_key(FORWARDED) {
-        return ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "forwarded to a node that no longer leads; try again".into(),
-        )
-        .into_response();
-    }
-    match forward(&st, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    let forwarded = req.headers().contains_key(FORWARDED);
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        if *st.leading.borrow() {
+            return next.run(req).await;
+        }
+        if forwarded {
+            return ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "forwarded to a node that no longer leads; try again".into(),
+            )
+            .into_response();
+        }
+        match leader_info(&st).await {
+            Ok(Some(info)) if info.node != st.node => {
+                return match forward(&st, &info, req).await {
+                    Ok(r) => r,
+                    Err(e) => e.into_response(),
+                };
+            }
+            Ok(_) if tokio::time::Instant::now() < deadline => {}
+            Ok(_) => {
+                return ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no leader elected yet; try again".into(),
+                )
+                .into_response()
+            }
+            Err(e) => return e.into_response(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
-async fn forward<S: Store>(st: &ApiState<S>, req: Request) -> Result<Response, ApiError> {
+async fn leader_info<S: Store>(st: &ApiState<S>) -> Result<Option<LeaderInfo>, ApiError> {
+    let value = leader::leader(&st.store)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(value.as_deref().and_then(|v| serde_json::from_str(v).ok()))
+}
+
+async fn forward<S: Store>(
+    st: &ApiState<S>,
+    info: &LeaderInfo,
+    req: Request,
+) -> Result<Response, ApiError> {
     let unavailable = |m: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, m);
-    let value = leader::leader(&st.store).await.map_err(|e| unavailable(e.to_string()))?;
-    let info: LeaderInfo = value
-        .as_deref()
-        .and_then(|v| serde_json::from_str(v).ok())
-        .ok_or_else(|| unavailable("no leader elected yet; try again".into()))?;
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await

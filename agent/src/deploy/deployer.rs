@@ -71,6 +71,17 @@ impl<S: Store> Deployer<S> {
     /// Plans and (unless `dry_run`) deploys. Redeploying an unchanged stack writes nothing.
     pub async fn deploy(&self, stack: &Stack, dry_run: bool) -> Result<Plan, DeployError> {
         let deployed = DeployedJobs::read(&self.store).await?;
+        // A link to a record that does not parse is refused with that record's own error.
+        for pj in &stack.jobs {
+            for link in &pj.job.links {
+                let key = job_key(link.stack_or(&stack.name), &link.job);
+                if let Some(bad) =
+                    deployed.invalid.iter().find(|e| e.file.as_os_str() == key.as_str())
+                {
+                    return Err(DeployError::Stack(bad.clone()));
+                }
+            }
+        }
         if dry_run {
             return Ok(plan(stack, &deployed, self.ambassador, &Peek(&self.ports)).await?);
         }

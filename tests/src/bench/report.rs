@@ -260,6 +260,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
         "Gbit/s" => format!("{v:.2}"),
         "µs" => format!("{v:.1}"),
         "ns" => format!("{v:.0}"),
+        "×" => format!("{v:.3}"),
         "s" => format!("{v:.3}"),
         _ => format!("{v:.0}"),
     }

@@ -250,12 +250,42 @@ pub struct WorldConfig {
     pub haproxy_threads: usize,
 }
 
+/// A datapath attached to a cgroup of its own, with its own pins.
+pub struct Attached {
+    // NB: drops in this order: the handles, the pins (detaching the programs), the cgroup.
+    pub datapath: Datapath,
+    pub bpf: BpfDir,
+    pub cgroup: Cgroup,
+}
+
+impl Attached {
+    pub fn start(services: &[ServiceSpec]) -> anyhow::Result<Self> {
+        let cgroup = Cgroup::new();
+        let bpf = BpfDir::new();
+        let mut datapath = Datapath::start(&DatapathConfig {
+            cgroup: cgroup.path.clone(),
+            bpffs: bpf.path.clone(),
+        })
+        .context("starting a datapath")?;
+        for spec in services {
+            datapath
+                .table
+                .upsert(spec)
+                .with_context(|| format!("installing service {}", spec.name))?;
+        }
+        Ok(Self { datapath, bpf, cgroup })
+    }
+}
+
 pub struct World {
     // NB: fields drop in declaration order: proxies and servers first, then the datapath's
     // handles, the pins (which detaches the programs), the cgroup, the namespaces.
     _haproxy: ChildGuard,
     _iperf: ChildGuard,
     _rr: RrServer,
+    /// A second datapath on a cgroup of its own that only ever holds the measured service:
+    /// the 1-service reference the connect latency at N services is interleaved with.
+    pub baseline: Attached,
     pub datapath: Datapath,
     _haproxy_cfg: TempFile,
     haproxy_log: TempFile,
@@ -310,6 +340,12 @@ impl World {
                 .with_context(|| format!("installing service {name}"))?;
         }
 
+        let baseline = Attached::start(&[spec(
+            "bench-rr",
+            Path::Viking.addr(Target::Rr),
+            &[backend(Target::Rr)],
+        )])?;
+
         let rr = RrServer::start(&server, SocketAddr::V4(backend(Target::Rr)), cfg.server_workers)?;
         let mut iperf = server.command("iperf3", None);
         iperf
@@ -346,6 +382,7 @@ impl World {
             _haproxy: haproxy,
             _iperf: iperf,
             _rr: rr,
+            baseline,
             datapath,
             _haproxy_cfg: haproxy_cfg,
             haproxy_log,
@@ -467,7 +504,17 @@ impl World {
 
     /// Runs `vk-bench latency` in the client namespace and cgroup; returns the samples (ns).
     pub fn latency(&self, path: Path, samples: usize) -> anyhow::Result<Vec<u64>> {
-        let mut cmd = self.client_cmd(self_exe()?);
+        self.latency_in(path, samples, &self.cgroup)
+    }
+
+    /// As `latency`, with the client in `cgroup` (that of `baseline`, say).
+    pub fn latency_in(
+        &self,
+        path: Path,
+        samples: usize,
+        cgroup: &Cgroup,
+    ) -> anyhow::Result<Vec<u64>> {
+        let mut cmd = self.client.command(self_exe()?, Some(cgroup));
         cmd.args(["latency".to_owned(), path.addr(Target::Rr).to_string(), samples.to_string()]);
         let out = run_timeout(&mut cmd, Duration::from_secs(300))?;
         let out = check("vk-bench latency", out)?;
