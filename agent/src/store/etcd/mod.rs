@@ -346,7 +346,13 @@ impl Store for EtcdStore {
             None => self.revision().await? + 1,
         };
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let task = tokio::spawn(watch::watch_task(self.clone(), prefix.to_string(), start, tx));
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let task =
+            tokio::spawn(watch::watch_task(self.clone(), prefix.to_string(), start, tx, ready_tx));
+        // NB: without this, a compaction right after `watch()` returned could beat the
+        // server-side registration and turn a live watch into a resync. If the server is slow
+        // to answer, the watch still works: it starts from `start` whenever it connects.
+        let _ = tokio::time::timeout(self.timeout, ready).await;
         Ok(Watch::new(rx, task))
     }
 

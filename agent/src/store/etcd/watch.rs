@@ -13,7 +13,11 @@ pub(super) async fn watch_task(
     prefix: String,
     mut next: Revision,
     tx: mpsc::Sender<WatchEvent>,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) {
+    // Told once the server has registered the watch (its first answer), so that `watch()`
+    // returns only when every later write is sure to be seen from `next` on.
+    let mut ready = Some(ready);
     let mut backoff = Backoff::new();
     loop {
         let options = WatchOptions::new().with_prefix().with_start_revision(next);
@@ -35,6 +39,9 @@ pub(super) async fn watch_task(
             match stream.message().await {
                 Ok(Some(resp)) => {
                     backoff.reset();
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
                     if resp.compact_revision() > 0 {
                         tracing::info!(
                             store = %store.describe(), %prefix, wanted = next,
