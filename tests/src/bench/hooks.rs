@@ -62,3 +62,16 @@ pub fn read(bpffs: &Path, name: &str) -> anyhow::Result<Counters> {
 pub fn read_all(bpffs: &Path) -> anyhow::Result<[Counters; 2]> {
     Ok([read(bpffs, PROGRAMS[0])?, read(bpffs, PROGRAMS[1])?])
 }
+
+/// Entries in the datapath's REVNAT map (an LRU hash of one entry per connected socket; a
+/// full one evicts on every new connection).
+pub fn revnat_entries(bpffs: &Path) -> anyhow::Result<usize> {
+    let path = bpffs.join("maps").join("REVNAT");
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let map = aya::maps::Map::from_map_data(data).context("REVNAT")?;
+    // NB: key and value by size only (RevNatKey: 32 bytes, RevNatValue: 24), to count them.
+    let map: aya::maps::HashMap<_, [u8; 32], [u8; 24]> =
+        map.try_into().context("REVNAT as a hash map")?;
+    Ok(map.keys().filter(Result::is_ok).count())
+}

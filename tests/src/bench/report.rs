@@ -88,7 +88,9 @@ pub struct LatencyDetail {
 /// In-kernel time of the datapath's programs per TCP connection (BPF_ENABLE_STATS).
 #[derive(Debug, Clone, Serialize)]
 pub struct HookDetail {
-    pub services: usize,
+    /// When: at which table size, or after which runs.
+    pub when: String,
+    pub revnat_entries: usize,
     pub path: String,
     pub connects: u64,
     pub connect4_ns: f64,

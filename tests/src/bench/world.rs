@@ -433,6 +433,7 @@ impl World {
 
     /// Replaces the client namespace's nat table; returns how long iptables-restore took.
     pub fn nat_restore(&self, rules: String) -> anyhow::Result<Duration> {
+        super::interrupted()?;
         let t = Instant::now();
         let out = run_timeout_input(
             &mut self.client.command("iptables-restore", None),
@@ -467,6 +468,7 @@ impl World {
 
     /// Runs iperf3 from the client namespace and cgroup; returns received bits per second.
     pub fn iperf(&self, path: Path, streams: usize, secs: u32) -> anyhow::Result<f64> {
+        super::interrupted()?;
         let addr = path.addr(Target::Iperf);
         let mut cmd = self.client_cmd("iperf3");
         cmd.args(["-c", &addr.ip().to_string(), "-p", &addr.port().to_string()]).args([
@@ -490,6 +492,7 @@ impl World {
 
     /// Runs `vk-bench cps` in the client namespace and cgroup.
     pub fn cps(&self, path: Path, secs: f64, threads: usize) -> anyhow::Result<CpsResult> {
+        super::interrupted()?;
         let mut cmd = self.client_cmd(self_exe()?);
         cmd.args([
             "cps".to_owned(),
@@ -514,6 +517,7 @@ impl World {
         samples: usize,
         cgroup: &Cgroup,
     ) -> anyhow::Result<Vec<u64>> {
+        super::interrupted()?;
         let mut cmd = self.client.command(self_exe()?, Some(cgroup));
         cmd.args(["latency".to_owned(), path.addr(Target::Rr).to_string(), samples.to_string()]);
         let out = run_timeout(&mut cmd, Duration::from_secs(300))?;
