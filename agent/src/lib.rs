@@ -6,5 +6,6 @@ pub mod datapath;
 pub mod deploy;
 pub mod discovery;
 pub mod logging;
+pub mod runtime;
 pub mod stack;
 pub mod store;

@@ -69,12 +69,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(node = %cfg.node, api = %cfg.api, store = %store.describe(), "agent running");
 
     let (stop_tx, stop) = watch::channel(false);
+    let (_containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
     let discovery = tokio::spawn(discovery::sync::run(
         store.clone(),
         datapath,
         cfg.ambassador,
         DEFAULT_PORT_RANGE,
         Algo::Random,
+        containers,
         stop,
     ));
 

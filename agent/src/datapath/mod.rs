@@ -7,6 +7,7 @@ mod error;
 mod ids;
 pub mod log;
 pub mod mounts;
+pub mod netns;
 mod object;
 mod programs;
 mod spec;

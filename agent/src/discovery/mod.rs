@@ -4,5 +4,6 @@
 //! - `registration`: the registration record and its key
 //! - `descriptor`: `BACKEND_X=name[tags];port/proto` parsing and matching
 pub mod descriptor;
+pub mod embassy;
 pub mod registration;
 pub mod sync;

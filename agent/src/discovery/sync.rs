@@ -139,6 +139,7 @@ pub async fn run<S: Store>(
     ambassador: IpAddr,
     range: PortRange,
     algo: Algo,
+    _containers: tokio::sync::watch::Receiver<super::embassy::Containers>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Datapath, crate::store::StoreError> {
     let allocs = store.list(keys::PORTS).await?;

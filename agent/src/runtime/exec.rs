@@ -1,0 +1,1 @@
+//! The exec runtime (filled in next).
