@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod deploy;
 pub mod discovery;
 pub mod logging;
+pub mod netlink;
 pub mod runtime;
 pub mod stack;
 pub mod store;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use viking::{
     api::{client::ApiClient, token, DEFAULT_API},
     datapath::{mounts, Algo, DatapathConfig, Proto},
+    runtime::RuntimeKind,
     store::{StoreSpec, DEFAULT_STORE},
 };
 
@@ -97,6 +98,24 @@ enum Command {
         ambassador: IpAddr,
         #[arg(long, env = "VIKING_TOKEN_FILE", default_value = token::DEFAULT_TOKEN_FILE)]
         token_file: PathBuf,
+        /// How instances run (default: docker when its socket exists, else exec).
+        #[arg(long, value_enum, env = "VIKING_RUNTIME")]
+        runtime: Option<RuntimeKind>,
+        /// The Docker API socket.
+        #[arg(long, default_value = "/var/run/docker.sock")]
+        docker_socket: PathBuf,
+        /// Instance state, logs and volumes (default: /var/lib/viking/NODE).
+        #[arg(long, env = "VIKING_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Stop this host's instances when the agent stops (default: they keep running and
+        /// the next agent adopts them).
+        #[arg(long)]
+        drain: bool,
+        /// The network namespace that is this host's network, when the agent runs outside it
+        /// (several "hosts" on one machine: the demo and the tests). Instances are plumbed
+        /// and routed there.
+        #[arg(long)]
+        host_netns: Option<PathBuf>,
     },
     /// Deploy a stack (a stack file, or a folder holding one).
     Deploy {
@@ -122,6 +141,25 @@ enum Command {
     Stacks {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Every instance: where it runs and what it is doing (or why it waits).
+    Ps {
+        /// Only this stack.
+        #[arg(long)]
+        stack: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Run a non-daemonized job here with stdin and stdout attached: `echo hi | viking run S/J`.
+    Run {
+        target: String,
+        /// The cgroup the job runs below (the agent's, so its links work; default: the v2 root).
+        #[arg(long, env = "VIKING_CGROUP")]
+        cgroup: Option<PathBuf>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -224,6 +262,11 @@ async fn main() -> anyhow::Result<()> {
             tags,
             ambassador,
             token_file,
+            runtime,
+            docker_socket,
+            data_dir,
+            drain,
+            host_netns,
         } => {
             if cleanup {
                 return cli::agent::cleanup(&node.bpffs());
@@ -237,8 +280,20 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 api.ip()
             });
+            let name = node.node();
+            let runtime = runtime.unwrap_or(if docker_socket.exists() {
+                RuntimeKind::Docker
+            } else {
+                RuntimeKind::Exec
+            });
             cli::agent::run(cli::agent::AgentConfig {
-                node: node.node(),
+                data_dir: data_dir.unwrap_or_else(|| PathBuf::from("/var/lib/viking").join(&name)),
+                run_dir: PathBuf::from("/run/viking").join(&name),
+                node: name,
+                runtime,
+                docker_socket,
+                drain,
+                host_netns,
                 datapath: DatapathConfig { cgroup, bpffs: node.bpffs() },
                 store,
                 api,
@@ -251,6 +306,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Deploy { path, name, dry_run, json, api } => {
             cli::stacks::deploy(&api.client()?, &path, name.as_deref(), dry_run, json).await
+        }
+        Command::Ps { stack, json, api } => {
+            cli::instances::ps(&api.client()?, stack.as_deref(), json).await
+        }
+        Command::Run { target, cgroup, api } => {
+            let cgroup = match cgroup {
+                Some(c) => c,
+                None => mounts::cgroup2_root()?,
+            };
+            let code = cli::instances::run(&api.client()?, &target, cgroup).await?;
+            std::process::exit(code)
         }
         Command::Rm { stack, api } => cli::stacks::remove(&api.client()?, &stack).await,
         Command::Stacks { json, api } => cli::stacks::list(&api.client()?, json).await,

@@ -30,6 +30,8 @@ pub struct AgentProc {
     pub node: String,
     pub api: String,
     pub store: String,
+    /// More `viking agent` arguments (runtime, host netns, address).
+    pub extra: Vec<String>,
 }
 
 impl AgentProc {
@@ -41,6 +43,11 @@ impl AgentProc {
     /// Starts an agent on `store` (`etcd://..`; `None`: embedded, in the agent's own dir) and
     /// waits for its API.
     pub async fn start(store: Option<&str>) -> Self {
+        Self::start_with(store, &[]).await
+    }
+
+    /// Starts an agent with more arguments.
+    pub async fn start_with(store: Option<&str>, extra: &[String]) -> Self {
         crate::require_root();
         let node = unique("node");
         let dir = std::env::temp_dir().join(unique("vk-agent-"));
@@ -53,6 +60,7 @@ impl AgentProc {
             dir,
             node,
             store: String::new(),
+            extra: extra.to_vec(),
         };
         a.store = store
             .map_or_else(|| format!("embedded:{}", a.dir.join("store").display()), str::to_owned);
@@ -65,6 +73,23 @@ impl AgentProc {
         self.dir.join("api-token")
     }
 
+    /// The agent's data directory (exec instances' state files and logs under `exec/`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The log of an exec instance (`<stack>_<job>_<index>`).
+    pub fn instance_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.data_dir().join("exec").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Starts the agent again (after `kill`), on the same node name, dirs and port.
+    pub async fn restart(&mut self) {
+        self.spawn();
+        self.wait_healthy().await;
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(viking_bin());
         cmd.args(["agent", "--node", &self.node, "--store", &self.store, "--api", &self.api])
@@ -74,7 +99,10 @@ impl AgentProc {
             .arg(&self.bpf.path)
             .arg("--token-file")
             .arg(self.token_file())
-            .env("RUST_LOG", "warn")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(&self.extra)
+            .env("RUST_LOG", "warn,viking=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("agent.log")).expect("log file"));
         self.child = Some(ChildGuard::spawn(cmd));
@@ -125,6 +153,15 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.child = None;
+        // The exec runtime's instances are in cgroups below the agent's (the Cgroup guard
+        // kills them); their network namespaces are bind mounts under /run/viking/<node>.
+        let run = PathBuf::from("/run/viking").join(&self.node);
+        if let Ok(entries) = std::fs::read_dir(run.join("netns")) {
+            for e in entries.flatten() {
+                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&run);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

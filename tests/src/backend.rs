@@ -60,7 +60,8 @@ impl Backend {
     }
 }
 
-fn serve_tcp(conn: TcpStream, name: &str, peer: SocketAddr) {
+/// Serves one connection: the greeting, then echo (and `stream N`).
+pub fn serve_tcp(conn: TcpStream, name: &str, peer: SocketAddr) {
     let _ = conn.set_nonblocking(false);
     let mut w = match conn.try_clone() {
         Ok(w) => w,

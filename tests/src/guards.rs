@@ -132,15 +132,29 @@ impl Default for Cgroup {
     }
 }
 
+/// Removes a cgroup and the cgroups below it, deepest first.
+fn remove_cgroup_tree(path: &Path) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if std::fs::remove_dir(path).is_ok() || !path.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        // Children are gone by now (ChildGuard drops first); a straggler gets a moment.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        // Whatever still runs below it was started by this test (an agent's instances):
+        // cgroup.kill ends exactly that subtree.
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        remove_cgroup_tree(&self.path);
     }
 }
 

@@ -6,6 +6,8 @@
 pub mod agent;
 pub mod backend;
 pub mod bench;
+pub mod cluster;
+pub mod docker;
 pub mod etcd;
 pub mod guards;
 pub mod probe;

@@ -2,6 +2,7 @@
 mod bench;
 mod build;
 mod demo;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -33,7 +34,7 @@ enum Command {
     /// Setup, build, then a benchmark (as root). `datapath`: Viking against direct
     /// connections, iptables DNAT and HAProxy, as ratios to direct (docs/benchmarks.md).
     Bench {
-        /// Which benchmark: datapath.
+        /// Which benchmark: datapath, discovery (store change -> datapath latency).
         which: String,
         /// Also write the results as JSON to FILE.
         #[arg(long, value_name = "FILE")]
@@ -41,6 +42,13 @@ enum Command {
         /// A shorter run: fewer services, shorter iperf3 runs.
         #[arg(long)]
         quick: bool,
+    },
+    /// Build the local image viking/busybox:latest (busybox-static, `docker import`; nothing
+    /// is pulled) into the running dockerd.
+    Image {
+        /// The dockerd to import into (e.g. unix:///run/docker.sock); default: docker's own.
+        #[arg(long)]
+        host: Option<String>,
     },
 }
 
@@ -56,5 +64,9 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
         Command::Bench { which, json, quick } => bench::run(&which, json, quick),
+        Command::Image { host } => {
+            setup::run()?;
+            image::run(host.as_deref())
+        }
     }
 }

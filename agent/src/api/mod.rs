@@ -41,3 +41,12 @@ pub struct LeaderInfo {
 pub struct ApiErrorBody {
     pub error: String,
 }
+
+/// `GET /v1/jobs/{stack}/{job}`: a job and the environment it runs with (its own env over its
+/// link env), for `viking run`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct JobRun {
+    pub stack: String,
+    pub job: crate::stack::Job,
+    pub env: std::collections::BTreeMap<String, String>,
+}

@@ -13,7 +13,7 @@ use axum::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{ApiErrorBody, DeployRequest, JobFile, LeaderInfo};
+use super::{ApiErrorBody, DeployRequest, JobFile, JobRun, LeaderInfo};
 use crate::{
     control::leader,
     deploy::{DeployError, Deployer, JobRecord},
@@ -27,7 +27,7 @@ const MAX_BODY: usize = 8 << 20;
 
 pub struct ApiState<S: Store> {
     pub store: S,
-    pub deployer: Deployer<S>,
+    pub deployer: std::sync::Arc<Deployer<S>>,
     pub token: String,
     pub node: String,
     /// Whether this node leads now (from its election task).
@@ -43,6 +43,8 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
         .route("/v1/stacks", get(stacks::<S>))
         .route("/v1/stacks/{name}", delete(remove::<S>))
         .route("/v1/env/{stack}/{job}", get(env::<S>))
+        .route("/v1/jobs/{stack}/{job}", get(job::<S>))
+        .route("/v1/ps", get(ps::<S>))
         .route("/v1/config", get(config::<S>).post(apply::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), to_leader::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
@@ -222,6 +224,34 @@ async fn env<S: Store>(
     Path((stack, job)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     Ok(Json(st.deployer.env(&stack, &job).await?).into_response())
+}
+
+async fn job<S: Store>(
+    State(st): State<Shared<S>>,
+    Path((stack, job)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let mut env = st.deployer.env(&stack, &job).await?;
+    let records = st.deployer.records().await?;
+    let Some(j) = records.jobs.get(&(stack.clone(), job.clone())) else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("stack {stack} has no job {job}")));
+    };
+    env.extend(j.env.clone());
+    Ok(Json(JobRun { stack, job: j.clone(), env }).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct PsQuery {
+    stack: Option<String>,
+}
+
+async fn ps<S: Store>(
+    State(st): State<Shared<S>>,
+    axum::extract::Query(q): axum::extract::Query<PsQuery>,
+) -> Result<Response, ApiError> {
+    let rows = crate::control::instances::ps(&st.store, q.stack.as_deref())
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(rows).into_response())
 }
 
 async fn config<S: Store>(State(st): State<Shared<S>>) -> Result<Response, ApiError> {

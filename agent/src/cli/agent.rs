@@ -10,9 +10,11 @@ use tokio::{
 use viking::{
     api::{self, server::ApiState, LeaderInfo},
     control::{self, membership, HostInfo, DEFAULT_PORT_RANGE},
+    control::{placement::Placer, reconciler::Reconciler, Addresses},
     datapath::{Algo, Datapath, DatapathConfig},
     deploy::Deployer,
     discovery,
+    runtime::{docker::DockerRuntime, exec::ExecRuntime, AnyRuntime, RuntimeConfig, RuntimeKind},
     store::{self, EtcdOptions, Store, StoreSpec},
 };
 
@@ -27,6 +29,36 @@ pub struct AgentConfig {
     pub token_file: PathBuf,
     /// The address links' env vars point containers at.
     pub ambassador: IpAddr,
+    pub runtime: RuntimeKind,
+    /// This node's data directory (instance state, logs, volumes).
+    pub data_dir: PathBuf,
+    /// This node's run directory (network namespace mounts).
+    pub run_dir: PathBuf,
+    pub docker_socket: PathBuf,
+    /// Stop this node's instances when the agent stops.
+    pub drain: bool,
+    /// The host's network namespace, when the agent runs outside it.
+    pub host_netns: Option<PathBuf>,
+}
+
+fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
+    let rc = RuntimeConfig {
+        node: cfg.node.clone(),
+        data_dir: cfg.data_dir.clone(),
+        cgroup: cfg.datapath.cgroup.clone(),
+        host_address: cfg.address,
+        host_netns: cfg.host_netns.clone(),
+    };
+    Ok(match cfg.runtime {
+        RuntimeKind::Exec => AnyRuntime::Exec(
+            ExecRuntime::new(rc, &cfg.run_dir).context("preparing the exec runtime")?,
+        ),
+        RuntimeKind::Docker => AnyRuntime::Docker(
+            DockerRuntime::connect(rc, &cfg.docker_socket).with_context(|| {
+                format!("connecting to docker at {}", cfg.docker_socket.display())
+            })?,
+        ),
+    })
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -53,12 +85,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let leading =
         elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: cfg.api.to_string() });
 
+    let runtime = open_runtime(&cfg)?;
+    let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
     let state = Arc::new(ApiState {
-        deployer: Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador),
+        deployer: deployer.clone(),
         store: store.clone(),
         token,
         node: cfg.node.clone(),
-        leading,
+        leading: leading.clone(),
         http: reqwest::Client::new(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
@@ -69,7 +103,23 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(node = %cfg.node, api = %cfg.api, store = %store.describe(), "agent running");
 
     let (stop_tx, stop) = watch::channel(false);
-    let (_containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
+    let (containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
+    let placer = Placer::new(
+        store.clone(),
+        deployer,
+        Addresses::new(store.clone(), control::addresses::default_pool()),
+    );
+    let placement = tokio::spawn(control::placement::run(placer, leading.clone(), stop.clone()));
+    let mut reconciler = Reconciler::new(
+        store.clone(),
+        runtime.clone(),
+        cfg.node.clone(),
+        member.lease_watch(),
+        containers_tx,
+    );
+    reconciler.host_routes = matches!(runtime, AnyRuntime::Exec(_));
+    reconciler.host_netns = cfg.host_netns.clone();
+    let reconcile = tokio::spawn(reconciler.run(stop.clone(), cfg.drain));
     let discovery = tokio::spawn(discovery::sync::run(
         store.clone(),
         datapath,
@@ -88,6 +138,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     server.abort();
     let _ = stop_tx.send(true);
+    let _ = placement.await;
+    let _ = reconcile.await;
     match discovery.await {
         Ok(Ok(mut datapath)) => datapath.table.flush()?,
         Ok(Err(e)) => tracing::warn!(error = %e, "discovery stopped"),

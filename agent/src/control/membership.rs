@@ -146,6 +146,11 @@ impl<S: Store> Member<S> {
         *self.lease.borrow()
     }
 
+    /// The lease as it changes (None while registering again).
+    pub fn lease_watch(&self) -> watch::Receiver<Option<LeaseId>> {
+        self.lease.clone()
+    }
+
     /// Leaves now: the registration goes at once.
     pub async fn leave(self) -> Result<(), ControlError> {
         self.task.abort();

@@ -6,11 +6,19 @@
 //! - `addresses`: a subnet per stack, an address per container (seed 001 "DHCP")
 //! - `membership`: hosts register under a lease; watchers see joins and leaves
 //! - `leader`: election at /viking/leader; the leader knows when it stops leading
+//! - `scheduler`: where each instance goes (pure); `placement`: the leader's loop that runs
+//!   it and writes intent to `/viking/proc/`
+//! - `reconciler`: each agent's loop that makes its runtime match its intent, registers
+//!   services and reports status to `/viking/ps/`
+//! - `instances`: the intent, status and `viking ps` records
 pub mod addresses;
 mod error;
+pub mod instances;
 pub mod leader;
 pub mod membership;
+pub mod placement;
 pub mod ports;
+pub mod reconciler;
 mod retry;
 pub mod scheduler;
 

@@ -160,6 +160,13 @@ impl<S: Store> Deployer<S> {
         Ok((s, deployed))
     }
 
+    /// The plan of a deployed stack (allocating any port not yet allocated): what the leader
+    /// turns into intent.
+    pub async fn deployed_plan(&self, stack: &str) -> Result<Plan, DeployError> {
+        let (s, deployed) = self.deployed_stack(stack).await?;
+        Ok(plan(&s, &deployed, self.ambassador, &Allocate(&self.ports)).await?)
+    }
+
     /// The link environment `job` of `stack` gets (allocating any port not yet allocated).
     pub async fn env(
         &self,

@@ -6,4 +6,5 @@
 pub mod descriptor;
 pub mod embassy;
 pub mod registration;
+pub mod registrator;
 pub mod sync;

@@ -1,1 +1,451 @@
-//! The exec runtime (filled in next).
+//! The exec runtime: a job's command as a process in its own network namespace and cgroup,
+//! with the link env, its output in a log file (Nomad's exec driver is the model).
+//!
+//! Per instance, on this host:
+//! - a network namespace bind-mounted at `<run>/netns/<name>`, loopback up; with an address, a
+//!   veth pair: `eth0` inside (`<ip>/32`, default route via `169.254.1.1` on-link), `vk<hash>`
+//!   outside holding `169.254.1.1/32` (every instance's gateway) and a `/32` route to the
+//!   instance; the host forwards;
+//! - a cgroup `<agent cgroup>/vk-<node>-<name>`: below the agent's, so its programs see the
+//!   instance's sockets;
+//! - a state file `<data>/exec/<name>.json` (pid, start time, address), so an agent restart
+//!   finds its instances again; the process is not the agent's child and outlives it.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    net::IpAddr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use nix::{
+    mount::{mount, umount2, MntFlags, MsFlags},
+    sched::{setns, unshare, CloneFlags},
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::{
+    spec_hash, Instance, InstanceSpec, InstanceState, Result, Runtime, RuntimeConfig, RuntimeError,
+};
+use crate::{datapath::netns::netns_cookie, netlink};
+
+/// The gateway address instances route through: the host end of each instance's veth.
+const GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 1, 1);
+const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StateFile {
+    spec: InstanceSpec,
+    pid: i32,
+    /// Field 22 of /proc/<pid>/stat: tells a reused pid from ours.
+    start_time: u64,
+    netns: PathBuf,
+    cgroup: PathBuf,
+    veth: Option<String>,
+    cookie: Option<u64>,
+    exit: Option<i32>,
+}
+
+#[derive(Clone)]
+pub struct ExecRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: RuntimeConfig,
+    state_dir: PathBuf,
+    netns_dir: PathBuf,
+    notify: Arc<Notify>,
+    /// Exit codes of the processes this agent started and reaped.
+    exits: Mutex<BTreeMap<i32, i32>>,
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+    move |e| RuntimeError::io(what, path, e)
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // NB: the command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn alive(st: &StateFile) -> bool {
+    start_time(st.pid) == Some(st.start_time)
+}
+
+/// A short, stable name for the host side of an instance's veth (15 bytes at most).
+fn veth_name(node: &str, name: &str) -> String {
+    let h = format!("{node}/{name}")
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("vk{h:08x}")
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
+}
+
+impl ExecRuntime {
+    /// Prepares the state and namespace directories. `run_dir` holds the namespace bind mounts
+    /// (`/run/viking/<node>`).
+    pub fn new(cfg: RuntimeConfig, run_dir: &Path) -> Result<Self> {
+        let state_dir = cfg.data_dir.join("exec");
+        let netns_dir = run_dir.join("netns");
+        for d in [&state_dir, &netns_dir] {
+            fs::create_dir_all(d).map_err(io("creating", d))?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                state_dir,
+                netns_dir,
+                notify: Arc::new(Notify::new()),
+                exits: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    fn state_path(&self, name: &str) -> PathBuf {
+        self.inner.state_dir.join(format!("{name}.json"))
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.inner.state_dir.join(format!("{name}.log"))
+    }
+
+    fn read_state(&self, name: &str) -> Option<StateFile> {
+        let bytes = fs::read(self.state_path(name)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write_state(&self, name: &str, st: &StateFile) -> Result<()> {
+        let path = self.state_path(name);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(st).map_err(|e| RuntimeError::instance(name, e))?;
+        fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("writing", &path))
+    }
+
+    fn cgroup_path(&self, name: &str) -> PathBuf {
+        self.inner.cfg.cgroup.join(format!("vk-{}-{name}", self.inner.cfg.node))
+    }
+
+    /// A fresh network namespace bind-mounted at `path`.
+    fn create_netns(path: &Path) -> Result<()> {
+        fs::File::create(path).map_err(io("creating", path))?;
+        let target = path.to_path_buf();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET)?;
+            mount(
+                Some(Path::new("/proc/thread-self/ns/net")),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| RuntimeError::instance(&path.display().to_string(), "netns thread died"))?
+        .map_err(io("mounting a network namespace at", path))
+    }
+
+    async fn plumb(
+        &self,
+        name: &str,
+        netns: &Path,
+        address: Option<IpAddr>,
+    ) -> Result<Option<String>> {
+        let net_err = |e: crate::netlink::NetlinkError| RuntimeError::Network {
+            name: name.to_owned(),
+            why: e.to_string(),
+        };
+        let Some(IpAddr::V4(ip)) = address else {
+            netlink::in_netns(netns, |nl| async move { nl.set_up("lo").await })
+                .await
+                .map_err(net_err)?;
+            return Ok(None);
+        };
+        let host = veth_name(&self.inner.cfg.node, name);
+        let peer = format!("{host}p");
+        let (h, p, ns) = (host.clone(), peer.clone(), netns.to_path_buf());
+        netlink::in_netns_or_here(self.inner.cfg.host_netns.as_deref(), move |nl| async move {
+            nl.delete_link(&h).await?;
+            nl.create_veth(&h, &p).await?;
+            nl.set_link_ns(&p, &ns).await
+        })
+        .await
+        .map_err(net_err)?;
+        netlink::in_netns(netns, move |nl| async move {
+            nl.set_up("lo").await?;
+            nl.rename_link(&peer, "eth0").await?;
+            nl.add_address("eth0", IpAddr::V4(ip), 32).await?;
+            nl.set_up("eth0").await?;
+            nl.add_route(std::net::Ipv4Addr::UNSPECIFIED, 0, GATEWAY, Some("eth0")).await
+        })
+        .await
+        .map_err(net_err)?;
+        let h = host.clone();
+        netlink::in_netns_or_here(self.inner.cfg.host_netns.as_deref(), move |nl| async move {
+            // NB: sysctls under /proc/sys/net are those of the calling thread's namespace.
+            netlink::sysctl("net/ipv4/ip_forward", "1")?;
+            // Every instance's gateway is the host end of its own veth.
+            nl.add_address(&h, IpAddr::V4(GATEWAY), 32).await?;
+            nl.set_up(&h).await?;
+            nl.add_link_route(ip, 32, &h).await
+        })
+        .await
+        .map_err(net_err)?;
+        Ok(Some(host))
+    }
+
+    fn command(&self, spec: &InstanceSpec) -> Result<std::process::Command> {
+        let name = spec.name();
+        let Some((prog, args)) = spec.command.split_first() else {
+            return Err(RuntimeError::instance(
+                &name,
+                "the job has no command: the exec runtime runs a job's command (an image alone \
+                 needs the docker runtime)",
+            ));
+        };
+        let workdir = self.inner.cfg.data_dir.join("volumes").join(&spec.stack).join(&spec.job);
+        fs::create_dir_all(&workdir).map_err(io("creating", &workdir))?;
+        let mut cmd = std::process::Command::new(prog);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", PATH_ENV)
+            .env("HOME", "/")
+            .env("HOSTNAME", &name)
+            .envs(&spec.env)
+            .current_dir(&workdir);
+        Ok(cmd)
+    }
+
+    /// Puts the child into `cgroup` (and `netns`, when given) before it executes.
+    fn confine(cmd: &mut std::process::Command, cgroup: &Path, netns: Option<&Path>) -> Result<()> {
+        fs::create_dir_all(cgroup).map_err(io("creating the cgroup", cgroup))?;
+        let procs_path = cgroup.join("cgroup.procs");
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(&procs_path)
+            .map_err(io("opening", &procs_path))?;
+        let ns = match netns {
+            Some(p) => Some(fs::File::open(p).map_err(io("opening", p))?),
+            None => None,
+        };
+        // SAFETY: between fork and exec the closure only makes raw syscalls on descriptors
+        // opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(ns) = &ns {
+                    setns(ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                }
+                let rc = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if rc != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
+    fn reap(&self, mut child: tokio::process::Child, pid: i32, name: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(status) => exit_code(status),
+                Err(_) => -1,
+            };
+            tracing::info!(instance = %name, pid, code, "instance exited");
+            if let Ok(mut exits) = this.inner.exits.lock() {
+                exits.insert(pid, code);
+            }
+            if let Some(mut st) = this.read_state(&name) {
+                if st.pid == pid {
+                    st.exit = Some(code);
+                    let _ = this.write_state(&name, &st);
+                }
+            }
+            this.inner.notify.notify_one();
+        });
+    }
+
+    fn instance(&self, st: &StateFile) -> Instance {
+        let state = match st.exit {
+            Some(code) => InstanceState::Exited(code),
+            None if alive(st) => InstanceState::Running,
+            None => InstanceState::Exited(
+                self.inner.exits.lock().ok().and_then(|e| e.get(&st.pid).copied()).unwrap_or(-1),
+            ),
+        };
+        let spec = &st.spec;
+        Instance {
+            name: spec.name(),
+            stack: spec.stack.clone(),
+            job: spec.job.clone(),
+            index: spec.index,
+            state,
+            address: spec.address.or(Some(self.inner.cfg.host_address)),
+            ports: spec.ports.iter().map(|p| (*p, p.port)).collect(),
+            netns_cookie: st.cookie,
+            handle: st.pid.to_string(),
+            env: spec.env.clone(),
+            spec_hash: spec_hash(spec),
+        }
+    }
+
+    async fn stop_process(st: &StateFile) {
+        if !alive(st) {
+            return;
+        }
+        let group = Pid::from_raw(-st.pid);
+        let _ = kill(group, Signal::SIGTERM);
+        for _ in 0..50 {
+            if !alive(st) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = kill(group, Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(st.pid), Signal::SIGKILL);
+    }
+
+    async fn cleanup(&self, name: &str, st: &StateFile) {
+        if let Some(veth) = st.veth.clone() {
+            let host_netns = self.inner.cfg.host_netns.as_deref();
+            let deleted =
+                netlink::in_netns_or_here(
+                    host_netns,
+                    |nl| async move { nl.delete_link(&veth).await },
+                )
+                .await;
+            if let Err(e) = deleted {
+                tracing::warn!(instance = %name, error = %e, "deleting its veth");
+            }
+        }
+        let _ = umount2(&st.netns, MntFlags::MNT_DETACH);
+        let _ = fs::remove_file(&st.netns);
+        // Anything left in the cgroup (a daemon the job forked) goes with it.
+        let _ = fs::write(st.cgroup.join("cgroup.kill"), "1");
+        for _ in 0..20 {
+            if fs::remove_dir(&st.cgroup).is_ok() || !st.cgroup.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = fs::remove_file(self.state_path(name));
+    }
+}
+
+impl Runtime for ExecRuntime {
+    fn describe(&self) -> String {
+        format!("exec ({})", self.inner.state_dir.display())
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
+        let name = spec.name();
+        self.remove(&name).await?;
+        let mut cmd = self.command(spec)?;
+        let netns = self.inner.netns_dir.join(&name);
+        let cgroup = self.cgroup_path(&name);
+        Self::create_netns(&netns)?;
+        let mut st = StateFile {
+            spec: spec.clone(),
+            pid: 0,
+            start_time: 0,
+            netns: netns.clone(),
+            cgroup: cgroup.clone(),
+            veth: None,
+            cookie: netns_cookie(&netns).ok(),
+            exit: None,
+        };
+        let started = async {
+            st.veth = self.plumb(&name, &netns, spec.address).await?;
+            let log_path = self.log_path(&name);
+            let mut log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(io("opening", &log_path))?;
+            let _ = writeln!(log, "--- viking: starting {name}");
+            let err = log.try_clone().map_err(io("opening", &log_path))?;
+            cmd.stdin(Stdio::null()).stdout(log).stderr(err);
+            Self::confine(&mut cmd, &cgroup, Some(&netns))?;
+            let child = tokio::process::Command::from(cmd)
+                .spawn()
+                .map_err(|e| RuntimeError::instance(&name, format!("{:?}: {e}", spec.command)))?;
+            let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+            st.pid = pid;
+            st.start_time = start_time(pid).unwrap_or(0);
+            self.write_state(&name, &st)?;
+            self.reap(child, pid, name.clone());
+            Ok::<_, RuntimeError>(())
+        }
+        .await;
+        if let Err(e) = started {
+            self.cleanup(&name, &st).await;
+            return Err(e);
+        }
+        tracing::info!(instance = %name, pid = st.pid, address = ?spec.address, "instance started");
+        Ok(self.instance(&st))
+    }
+
+    async fn remove(&self, name: &str) -> Result<()> {
+        let Some(st) = self.read_state(name) else { return Ok(()) };
+        Self::stop_process(&st).await;
+        self.cleanup(name, &st).await;
+        tracing::info!(instance = %name, "instance removed");
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>> {
+        let dir = &self.inner.state_dir;
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io("reading", dir))? {
+            let Ok(entry) = entry else { continue };
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(".json") else { continue };
+            if let Some(st) = self.read_state(name) {
+                out.push(self.instance(&st));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn changed(&self) -> Arc<Notify> {
+        self.inner.notify.clone()
+    }
+
+    async fn run_attached(&self, spec: &InstanceSpec) -> Result<i32> {
+        let name = format!("{}-run-{}", spec.name(), std::process::id());
+        let mut cmd = self.command(spec)?;
+        let cgroup = self.cgroup_path(&name);
+        cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        // NB: the caller's own network namespace (as `docker run --network host`): the
+        // cgroup is what puts the job's links through the datapath.
+        Self::confine(&mut cmd, &cgroup, None)?;
+        let status = tokio::process::Command::from(cmd)
+            .spawn()
+            .map_err(|e| RuntimeError::instance(&name, format!("{:?}: {e}", spec.command)))?
+            .wait()
+            .await
+            .map_err(|e| RuntimeError::instance(&name, e))?;
+        let _ = fs::remove_dir(&cgroup);
+        Ok(exit_code(status))
+    }
+}

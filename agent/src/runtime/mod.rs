@@ -12,9 +12,12 @@ use tokio::sync::Notify;
 
 use crate::stack::Port;
 
+pub mod any;
 pub mod error;
+pub mod docker;
 pub mod exec;
 
+pub use any::{AnyRuntime, RuntimeKind};
 pub use error::RuntimeError;
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -103,6 +106,9 @@ pub struct RuntimeConfig {
     pub cgroup: PathBuf,
     /// The address other hosts reach this one on.
     pub host_address: IpAddr,
+    /// The network namespace that is this host's network, when it is not the agent's own
+    /// (`viking agent --host-netns`: the test and demo "hosts").
+    pub host_netns: Option<PathBuf>,
 }
 
 /// A runtime. Implementations are cheap to clone and safe to share.

@@ -11,6 +11,7 @@
 //! /viking/alloc/subnets/<stack>                 a stack's subnet
 //! /viking/alloc/ips/<stack>/<ip>                a container's address
 //! /viking/history/<stack>/<job>                 where it ran
+//! /viking/waiting/<stack>/<job>/<index>         why an instance is not placed
 //! /viking/leader                                election
 //! /services/<env>/<service>/<port>/<host_port>/<id>   registrations (seed 002)
 //! ```
@@ -25,6 +26,7 @@ pub const PORTS_NEXT: &str = "/viking/alloc/ports/next";
 pub const SUBNETS: &str = "/viking/alloc/subnets/";
 pub const IPS: &str = "/viking/alloc/ips/";
 pub const HISTORY: &str = "/viking/history/";
+pub const WAITING: &str = "/viking/waiting/";
 pub const LEADER: &str = "/viking/leader";
 pub const SERVICES: &str = "/services/";
 
@@ -41,6 +43,34 @@ pub fn segment_problem(name: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// `/viking/proc/<host>/<stack>/<job>/<index>`.
+pub fn proc(host: &str, stack: &str, job: &str, index: u32) -> String {
+    format!("{PROC}{host}/{stack}/{job}/{index}")
+}
+
+/// `/viking/ps/<host>/<stack>/<job>/<index>`.
+pub fn ps(host: &str, stack: &str, job: &str, index: u32) -> String {
+    format!("{PS}{host}/{stack}/{job}/{index}")
+}
+
+pub fn waiting(stack: &str, job: &str, index: u32) -> String {
+    format!("{WAITING}{stack}/{job}/{index}")
+}
+
+pub fn history(stack: &str, job: &str) -> String {
+    format!("{HISTORY}{stack}/{job}")
+}
+
+/// `(host, stack, job, index)` of a `proc` or `ps` key under `prefix`.
+pub fn parse_instance(prefix: &str, key: &str) -> Option<(String, String, String, u32)> {
+    let mut it = key.strip_prefix(prefix)?.split('/');
+    let (host, stack, job, index) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    Some((host.to_owned(), stack.to_owned(), job.to_owned(), index.parse().ok()?))
 }
 
 pub fn host(host: &str) -> String {
@@ -78,6 +108,10 @@ mod tests {
         assert_eq!(subnet("web"), "/viking/alloc/subnets/web");
         assert_eq!(ip("web", "10.32.0.2".parse().unwrap()), "/viking/alloc/ips/web/10.32.0.2");
         assert_eq!(host("one"), "/viking/hosts/one");
+        let k = proc("alpha", "web", "app", 2);
+        assert_eq!(k, "/viking/proc/alpha/web/app/2");
+        assert_eq!(parse_instance(PROC, &k), Some(("alpha".into(), "web".into(), "app".into(), 2)));
+        assert_eq!(parse_instance(PROC, "/viking/proc/alpha/web/app"), None);
         assert!(segment_problem("a/b").is_some());
         assert!(segment_problem("").is_some());
         assert!(segment_problem("a b").is_some());

@@ -7,6 +7,8 @@
 //!                                  stdin to close, then check each still echoes
 //!   vk-probe stream ADDR BYTES     ask for BYTES and read them all
 //!   vk-probe loop ADDR             connect/greet/close until stdin closes
+//!   vk-probe serve ADDR [NAME]     a TCP backend (tests/src/backend.rs) named NAME (default:
+//!                                  $HOSTNAME), for jobs run by the exec runtime
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -32,12 +34,30 @@ fn main() {
         Some("hold") => hold(addr, arg(3).parse().unwrap_or(1)),
         Some("stream") => stream(addr, arg(3).parse().unwrap_or(0)),
         Some("loop") => connect_loop(addr),
+        Some("serve") => serve(addr, args.get(3).cloned()),
         _ => usage(),
     }
 }
 
+fn serve(addr: SocketAddr, name: Option<String>) {
+    let name = name.or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "probe".into());
+    let listener = match std::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("vk-probe serve {addr}: {e}");
+            std::process::exit(1)
+        }
+    };
+    eprintln!("{name} serving on {addr}");
+    for conn in listener.incoming().flatten() {
+        let peer = conn.peer_addr().unwrap_or(addr);
+        let n = name.clone();
+        std::thread::spawn(move || viking_tests::backend::serve_tcp(conn, &n, peer));
+    }
+}
+
 fn usage() -> ! {
-    eprintln!("usage: vk-probe tcp|udp|hold|stream|loop ADDR [ARG]");
+    eprintln!("usage: vk-probe tcp|udp|hold|stream|loop|serve ADDR [ARG]");
     std::process::exit(2)
 }
 

@@ -1,0 +1,246 @@
+//! The leader's placement loop: runs the scheduler over what is deployed and which hosts are
+//! alive, and writes the result as intent under `/viking/proc/<host>/<stack>/<job>/<index>`
+//! (with the instance's full spec: command, env with links, address), or the reason it
+//! waits under `/viking/waiting/`. Only what changed is written.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use super::{
+    instances::{After, Intent},
+    membership,
+    scheduler::{schedule, InstanceId, Placement, SchedulerInput},
+    Addresses, ControlError,
+};
+use crate::{
+    deploy::{folder::DeployedJobs, DeployError, Deployer},
+    runtime::{instance_name, InstanceSpec},
+    store::{keys, Op, Store, Txn},
+};
+
+/// How often the leader places when nothing wakes it sooner.
+pub const PERIOD: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+pub struct Placer<S: Store> {
+    store: S,
+    deployer: std::sync::Arc<Deployer<S>>,
+    addresses: Addresses<S>,
+    /// Give instances addresses from their stack's subnet (the exec runtime routes them).
+    pub assign_addresses: bool,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub placed: usize,
+    pub written: usize,
+    pub removed: usize,
+    pub waiting: usize,
+}
+
+impl<S: Store> Placer<S> {
+    pub fn new(store: S, deployer: std::sync::Arc<Deployer<S>>, addresses: Addresses<S>) -> Self {
+        Self { store, deployer, addresses, assign_addresses: true }
+    }
+
+    /// Places every deployed instance once.
+    pub async fn place(&self) -> Result<Pass, PlacementError> {
+        let deployed = DeployedJobs::read(&self.store).await?;
+        let hosts: Vec<_> =
+            membership::hosts(&self.store).await?.into_iter().map(|h| h.info).collect();
+        let procs = self.store.list(keys::PROC).await?;
+        let mut current: BTreeMap<InstanceId, String> = BTreeMap::new();
+        let mut existing: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for kv in &procs.kvs {
+            if let Some((host, stack, job, index)) = keys::parse_instance(keys::PROC, &kv.key) {
+                current.insert((stack, job, index), host);
+                existing.insert(kv.key.clone(), kv.value.clone());
+            }
+        }
+        let history: BTreeMap<(String, String), String> = self
+            .store
+            .list(keys::HISTORY)
+            .await?
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                let (stack, job) = kv.key.strip_prefix(keys::HISTORY)?.split_once('/')?;
+                Some(((stack.to_owned(), job.to_owned()), kv.text().ok()?.trim().to_owned()))
+            })
+            .collect();
+        let waiting_now: BTreeSet<String> =
+            self.store.list(keys::WAITING).await?.kvs.into_iter().map(|kv| kv.key).collect();
+        let jobs: Vec<(String, crate::stack::Job)> =
+            deployed.jobs.iter().map(|((s, _), j)| (s.clone(), j.clone())).collect();
+        let input = SchedulerInput {
+            jobs,
+            hosts,
+            current: current.clone(),
+            history,
+            load: BTreeMap::new(),
+        };
+        let placements = schedule(&input);
+
+        let mut plans = BTreeMap::new();
+        for stack in deployed.stacks() {
+            match self.deployer.deployed_plan(&stack).await {
+                Ok(p) => {
+                    plans.insert(stack, p);
+                }
+                Err(e) => tracing::warn!(%stack, error = %e, "cannot plan a deployed stack"),
+            }
+        }
+
+        let mut pass = Pass::default();
+        let mut ops = Vec::new();
+        let mut keep_keys = BTreeSet::new();
+        let mut keep_waiting = BTreeSet::new();
+        for ((stack, job_name, index), placement) in &placements {
+            let Some(job) = deployed.jobs.get(&(stack.clone(), job_name.clone())) else {
+                continue;
+            };
+            let Some(plan) = plans.get(stack) else { continue };
+            match placement {
+                Placement::Waiting(why) => {
+                    let key = keys::waiting(stack, job_name, *index);
+                    keep_waiting.insert(key.clone());
+                    ops.push(Op::put(key, why.as_bytes().to_vec()));
+                    pass.waiting += 1;
+                    // A fixed instance keeps its intent on its (absent) host: it returns there.
+                    if let Some(h) = current.get(&(stack.clone(), job_name.clone(), *index)) {
+                        if job.fixed {
+                            keep_keys.insert(keys::proc(h, stack, job_name, *index));
+                        }
+                    }
+                }
+                Placement::Host(host) => {
+                    pass.placed += 1;
+                    let name = instance_name(stack, job_name, *index);
+                    let address = if self.assign_addresses {
+                        let total: u64 = deployed.stack(stack).map(|j| u64::from(j.scale)).sum();
+                        self.addresses.subnet(stack, total).await?;
+                        Some(std::net::IpAddr::V4(self.addresses.address(stack, &name).await?))
+                    } else {
+                        None
+                    };
+                    let mut env = plan
+                        .jobs
+                        .iter()
+                        .find(|pj| pj.job.name == *job_name)
+                        .map(|pj| pj.link_env.clone())
+                        .unwrap_or_default();
+                    env.extend(job.env.clone());
+                    let after = job
+                        .links
+                        .iter()
+                        .map(|l| {
+                            let s = l.stack_or(stack).to_owned();
+                            let ports = deployed
+                                .jobs
+                                .get(&(s.clone(), l.job.clone()))
+                                .is_some_and(|j| !j.ports.is_empty());
+                            After { stack: s, job: l.job.clone(), ports }
+                        })
+                        .collect();
+                    let intent = Intent {
+                        spec: InstanceSpec {
+                            stack: stack.clone(),
+                            job: job_name.clone(),
+                            index: *index,
+                            image: job.image.clone(),
+                            command: job.command.clone(),
+                            env,
+                            ports: job.ports.clone(),
+                            volumes: job.volumes.clone(),
+                            daemonize: job.daemonize,
+                            address,
+                        },
+                        after,
+                        fixed: job.fixed,
+                        tags: job.tags.clone(),
+                    };
+                    let key = keys::proc(host, stack, job_name, *index);
+                    let value = serde_json::to_vec(&intent)
+                        .map_err(|e| ControlError::Invalid(format!("intent of {name}: {e}")))?;
+                    keep_keys.insert(key.clone());
+                    if existing.get(&key) != Some(&value) {
+                        ops.push(Op::put(key, value));
+                        pass.written += 1;
+                    }
+                    let hkey = keys::history(stack, job_name);
+                    if *index == 0
+                        && input.history.get(&(stack.clone(), job_name.clone())) != Some(host)
+                    {
+                        ops.push(Op::put(hkey, host.as_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+        // Waiting records are rewritten only when new or gone.
+        ops.retain(|op| match op {
+            Op::Put { key, .. } if key.starts_with(keys::WAITING) => !waiting_now.contains(key),
+            _ => true,
+        });
+        for key in existing.keys().filter(|k| !keep_keys.contains(*k)) {
+            ops.push(Op::delete(key.clone()));
+            pass.removed += 1;
+            if let Some((_, stack, job, index)) = keys::parse_instance(keys::PROC, key) {
+                let still = placements.contains_key(&(stack.clone(), job.clone(), index));
+                if !still {
+                    let _ = self
+                        .addresses
+                        .release_owner(&stack, &instance_name(&stack, &job, index))
+                        .await;
+                }
+            }
+        }
+        for key in waiting_now.iter().filter(|k| !keep_waiting.contains(*k)) {
+            ops.push(Op::delete(key.clone()));
+        }
+        if !ops.is_empty() {
+            self.store.txn(Txn::when([]).then(ops)).await?;
+            tracing::info!(
+                placed = pass.placed,
+                written = pass.written,
+                removed = pass.removed,
+                waiting = pass.waiting,
+                "placement"
+            );
+        }
+        Ok(pass)
+    }
+}
+
+/// Places while this node leads, every `PERIOD` and whenever something under the deploy
+/// folder, the hosts or the intent changes.
+pub async fn run<S: Store>(
+    placer: Placer<S>,
+    mut leading: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *leading.borrow() {
+            if let Err(e) = placer.place().await {
+                tracing::warn!(error = %e, "placement pass failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PERIOD) => {}
+            _ = leading.changed() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

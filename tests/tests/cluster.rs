@@ -1,0 +1,201 @@
+//! Scheduling, reconciling and registration on a three-host cluster (network namespaces,
+//! one etcd, an agent per host with the exec runtime), with real processes as instances:
+//! redis-server for shared/mongo, vk-probe servers for auth and middleware, and a client
+//! loop for web.
+use std::{collections::BTreeSet, io::Write as _, process::Stdio, time::Duration};
+
+use viking::control::instances::PsRow;
+use viking_tests::{
+    cluster::{bin, rows, Cluster},
+    probe::Conn,
+    viking_bin,
+};
+
+fn shared_stack() -> String {
+    let probe = bin("vk-probe");
+    format!(
+        "mongo:\n  type: job\n  command: redis-server --port 27017 --save '' --appendonly no --protected-mode no\n  ports:\n    - 27017\n  volume:\n    - /db/data\n\
+         auth:\n  type: job\n  command: {probe} serve 0.0.0.0:80\n  ports:\n    - 80\n  volume:\n    - /db/data\n"
+    )
+}
+
+fn web_stack(middleware_scale: u32) -> String {
+    let probe = bin("vk-probe");
+    format!(
+        "middleware:\n  type: job\n  command: {probe} serve 0.0.0.0:80\n  ports:\n    - 80\n  scale: {middleware_scale}\n  link:\n    - shared/mongo\n    - shared/auth\n\
+         web:\n  type: job\n  command: while true; do {probe} tcp $MIDDLEWARE_PORT_80 6; redis-cli -h $SHARED_MONGO_PORT_27017_TCP_ADDR -p $SHARED_MONGO_PORT_27017_TCP_PORT ping; sleep 0.3; done\n  ports:\n    - 80\n  link:\n    - shared/mongo\n    - shared/auth\n    - middleware\n"
+    )
+}
+
+fn all_running(rows: &[PsRow], n: usize) -> bool {
+    rows.len() == n && rows.iter().all(|r| r.state == "running")
+}
+
+/// The names of the middleware instances web's client loop reached, from its log.
+fn reached(log: &str) -> BTreeSet<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Conn>(l).ok())
+        .filter_map(|c| c.backend().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn stacks_spread_register_and_link_across_hosts() {
+    let c = Cluster::start(3).await;
+    c.deploy("shared", &shared_stack()).await;
+    c.deploy("web", &web_stack(3)).await;
+    let ps = c.wait_ps("6 instances running", |r| all_running(r, 6)).await;
+
+    // Replicas spread: one middleware per host.
+    let mw = rows(&ps, "web", "middleware");
+    let hosts: BTreeSet<&str> = mw.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(hosts.len(), 3, "middleware spread over the hosts: {mw:#?}");
+
+    // Every instance with ports is registered (seed 002 format) at its own address.
+    let regs = c.registrations().await;
+    for r in &ps {
+        let key = format!(
+            "/services/{0}/{0}_{1}/{2}/{2}/{0}_{1}_{3}",
+            r.stack, r.job, r.ports[0].0.port, r.index
+        );
+        let reg = regs.get(&key).unwrap_or_else(|| panic!("{key} registered: {regs:#?}"));
+        assert_eq!(reg["host"], r.host.as_str());
+        assert_eq!(reg["ipaddress"], r.address.expect("an address").to_string());
+    }
+
+    // web got the link env `viking env` shows, and reaches middleware on every host through
+    // its MIDDLEWARE_PORT_80 ambassador port, and redis (shared/mongo) through its own.
+    let web = rows(&ps, "web", "web")[0].clone();
+    let host = c.host(&web.host);
+    let env: std::collections::BTreeMap<String, String> =
+        host.agent.client().get("/v1/env/web/web").await.unwrap().unwrap();
+    let log_of_web = || host.agent.instance_log("web_web_0");
+    for _ in 0..100 {
+        if reached(&log_of_web()).len() == 3 && log_of_web().contains("PONG") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = log_of_web();
+    let want: BTreeSet<String> = (0..3).map(|i| format!("web_middleware_{i}")).collect();
+    assert_eq!(reached(&log), want, "web reached every middleware instance:\n{log}");
+    assert!(log.contains("PONG"), "web reached redis through SHARED_MONGO:\n{log}");
+    let pid =
+        regs["/services/web/web_web/80/80/web_web_0"]["id"].as_str().unwrap().to_owned();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    for var in ["SHARED_MONGO_PORT_27017", "SHARED_AUTH_PORT_80_TCP", "MIDDLEWARE_PORT_80_TCP_PORT"]
+    {
+        assert!(
+            environ.split('\0').any(|kv| kv == format!("{var}={}", env[var])),
+            "{var}={} in web's environment",
+            env[var]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_lost_host_moves_its_instances_and_fixed_ones_wait_for_it() {
+    let mut c = Cluster::start(3).await;
+    c.deploy("shared", &shared_stack()).await;
+    c.deploy("web", &web_stack(3)).await;
+    let ps = c.wait_ps("6 instances running", |r| all_running(r, 6)).await;
+    let lost = rows(&ps, "shared", "mongo")[0].host.clone();
+    let moved: Vec<u32> =
+        rows(&ps, "web", "middleware").iter().filter(|r| r.host == lost).map(|r| r.index).collect();
+    assert_eq!(moved.len(), 1);
+
+    let i = c.hosts.iter().position(|h| h.agent.node == lost).unwrap();
+    c.hosts[i].agent.kill();
+    // After the lease (10 s) expires: the middleware instance runs on another host and is
+    // registered there; mongo (fixed: it has a volume) waits for its host and says so.
+    let ps = c
+        .wait_ps("the lost host's instances placed again", |r| {
+            rows(r, "web", "middleware").iter().all(|m| m.host != lost && m.state == "running")
+                && rows(r, "shared", "mongo").iter().all(|m| m.state == "waiting")
+        })
+        .await;
+    let mongo = rows(&ps, "shared", "mongo")[0].clone();
+    assert!(mongo.detail.contains(&lost), "mongo says which host it waits for: {mongo:?}");
+    let m =
+        rows(&ps, "web", "middleware").into_iter().find(|r| r.index == moved[0]).unwrap().clone();
+    let key = format!("/services/web/web_middleware/80/80/web_middleware_{}", m.index);
+    let mut regs = c.registrations().await;
+    for _ in 0..50 {
+        if regs.get(&key).is_some_and(|r| r["host"] == m.host.as_str()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        regs = c.registrations().await;
+    }
+    assert_eq!(regs[&key]["host"], m.host.as_str(), "the registration moved with it");
+    assert!(regs.values().all(|r| r["host"] != lost.as_str()), "nothing registered on {lost}");
+
+    // The host comes back: mongo returns to it (its history), and runs again.
+    c.hosts[i].agent.restart().await;
+    c.wait_ps("mongo back on its host", |r| {
+        rows(r, "shared", "mongo").iter().all(|m| m.host == lost && m.state == "running")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_instance_is_restarted_with_backoff_and_registered_again() {
+    let c = Cluster::start(1).await;
+    c.deploy("shared", &shared_stack()).await;
+    c.wait_ps("2 instances running", |r| all_running(r, 2)).await;
+    let key = "/services/shared/shared_auth/80/80/shared_auth_0";
+    let old = c.registrations().await[key]["id"].as_str().unwrap().to_owned();
+    let pid: i32 = old.parse().unwrap();
+    // NB: this process was started by the test's own agent.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let ps = c
+        .wait_ps("auth restarted", |r| {
+            rows(r, "shared", "auth").iter().all(|a| a.state == "running" && a.restarts >= 1)
+        })
+        .await;
+    assert_eq!(rows(&ps, "shared", "auth")[0].restarts, 1);
+    let mut now = old.clone();
+    for _ in 0..50 {
+        now = c
+            .registrations()
+            .await
+            .get(key)
+            .and_then(|r| r["id"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if !now.is_empty() && now != old {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !now.is_empty() && now != old,
+        "registered again with the new process ({old} -> {now})"
+    );
+}
+
+#[tokio::test]
+async fn viking_run_pipes_stdin_through_a_job() {
+    let c = Cluster::start(1).await;
+    c.deploy("tools", "upper:\n  type: job\n  command: tr a-z A-Z\n").await;
+    // Deployed, it runs once to completion (its stdin is empty) and is removed.
+    let ps = c.wait_ps("upper completed", |r| r.iter().any(|r| r.state == "completed")).await;
+    assert_eq!(ps[0].detail, "exit 0");
+
+    let agent = &c.hosts[0].agent;
+    let mut child = std::process::Command::new(viking_bin())
+        .args(["run", "tools/upper", "--server", &agent.api, "--token-file"])
+        .arg(agent.token_file())
+        .arg("--cgroup")
+        .arg(&agent.cgroup.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HI\n");
+}

@@ -1,0 +1,155 @@
+//! `cargo xtask image`: the local image `viking/busybox:latest`, made without pulling anything:
+//! a root filesystem of /bin/busybox (Debian's busybox-static) and its applet links, written as
+//! a tar stream and piped into `docker import`.
+//!
+//! NB: this file only needs std and anyhow: the integration tests include it as a module
+//! (tests/src/docker.rs) to import the same image into the dockerd they start.
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _};
+
+/// The image tests and the demo run.
+pub const IMAGE: &str = "viking/busybox:latest";
+/// Where the static busybox comes from (package busybox-static).
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// The applets linked in /bin (busybox picks the applet from argv[0]).
+pub const APPLETS: &[&str] = &[
+    "sh", "ash", "cat", "echo", "env", "sleep", "nc", "httpd", "wget", "ls", "ps", "true", "false",
+    "printf", "test", "[", "grep", "sed", "awk", "head", "tail", "wc", "tee", "touch", "mkdir",
+    "rm", "cp", "mv", "ln", "date", "hostname", "id", "kill", "seq", "yes", "ip", "ifconfig",
+    "netstat", "nslookup", "ping", "timeout", "which", "readlink", "dd", "tr", "cut", "sort",
+    "uniq", "xargs", "stat", "uname", "vi",
+];
+
+/// A minimal ustar writer: directories, regular files and symbolic links.
+struct Tar {
+    out: Vec<u8>,
+}
+
+impl Tar {
+    fn new() -> Self {
+        Self { out: Vec::new() }
+    }
+
+    fn header(
+        &mut self,
+        path: &str,
+        mode: u32,
+        size: usize,
+        kind: u8,
+        link: &str,
+    ) -> anyhow::Result<()> {
+        if path.len() > 99 || link.len() > 99 {
+            bail!("tar path too long: {path}");
+        }
+        let mut h = [0u8; 512];
+        let put = |h: &mut [u8; 512], at: usize, bytes: &[u8]| {
+            h[at..at + bytes.len()].copy_from_slice(bytes)
+        };
+        put(&mut h, 0, path.as_bytes());
+        put(&mut h, 100, format!("{mode:07o}\0").as_bytes());
+        put(&mut h, 108, b"0000000\0");
+        put(&mut h, 116, b"0000000\0");
+        put(&mut h, 124, format!("{size:011o}\0").as_bytes());
+        put(&mut h, 136, b"00000000000\0");
+        h[156] = kind;
+        put(&mut h, 157, link.as_bytes());
+        put(&mut h, 257, b"ustar\0");
+        put(&mut h, 263, b"00");
+        put(&mut h, 265, b"root");
+        put(&mut h, 297, b"root");
+        // The checksum is taken with its own field as spaces.
+        put(&mut h, 148, b"        ");
+        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+        put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
+        self.out.extend_from_slice(&h);
+        Ok(())
+    }
+
+    fn dir(&mut self, path: &str, mode: u32) -> anyhow::Result<()> {
+        self.header(&format!("{path}/"), mode, 0, b'5', "")
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> anyhow::Result<()> {
+        self.header(path, mode, data.len(), b'0', "")?;
+        self.out.extend_from_slice(data);
+        let pad = (512 - data.len() % 512) % 512;
+        self.out.resize(self.out.len() + pad, 0);
+        Ok(())
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<()> {
+        self.header(path, 0o777, 0, b'2', target)
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out.resize(self.out.len() + 1024, 0);
+        self.out
+    }
+}
+
+/// The image's root filesystem as a tar stream: /bin/busybox, its applets, /usr/bin/env, an
+/// /etc/passwd and /etc/group for root and nobody, and the usual empty directories.
+pub fn rootfs_tar(busybox: &Path) -> anyhow::Result<Vec<u8>> {
+    let bin = std::fs::read(busybox).with_context(|| {
+        format!("reading {} (apt-get install busybox-static)", busybox.display())
+    })?;
+    let mut tar = Tar::new();
+    for d in
+        ["bin", "etc", "usr", "usr/bin", "root", "data", "proc", "sys", "dev", "var", "var/www"]
+    {
+        tar.dir(d, 0o755)?;
+    }
+    tar.dir("tmp", 0o1777)?;
+    tar.file("bin/busybox", 0o755, &bin)?;
+    for applet in APPLETS {
+        tar.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    tar.symlink("usr/bin/env", "../../bin/busybox")?;
+    tar.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    tar.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
+    Ok(tar.finish())
+}
+
+/// Builds the rootfs and `docker import`s it as `tag` into the dockerd at `host`
+/// (`unix:///path`; `None`: the docker CLI's default).
+pub fn import(host: Option<&str>, tag: &str) -> anyhow::Result<()> {
+    let tar = rootfs_tar(Path::new(BUSYBOX))?;
+    let mut cmd = Command::new("docker");
+    if let Some(h) = host {
+        cmd.args(["-H", h]);
+    }
+    cmd.args(["import", "-c", "ENV PATH=/bin:/usr/bin", "-c", "CMD [\"/bin/sh\"]", "-", tag])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("running docker (apt-get install docker.io)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&tar).context("writing the rootfs to docker import")?;
+    }
+    let out = child.wait_with_output().context("waiting for docker import")?;
+    if !out.status.success() {
+        bail!(
+            "docker import {tag} failed ({}): {} (is dockerd running?)",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask image`.
+pub fn run(host: Option<&str>) -> anyhow::Result<()> {
+    import(host, IMAGE)?;
+    println!("image {IMAGE} built from {BUSYBOX}");
+    Ok(())
+}
