@@ -1,5 +1,5 @@
-//! `cargo xtask bench datapath [--json FILE] [--quick]`: setup, build, then the benchmark
-//! binary (tests/src/bin/vk-bench.rs), as root. Results: docs/benchmarks.md.
+//! `cargo xtask bench datapath|discovery [--json FILE] [--quick]`: setup, build, then the
+//! benchmark binary (tests/src/bin/vk-bench.rs), as root. Results: docs/benchmarks.md.
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _};
@@ -10,8 +10,8 @@ use crate::{
 };
 
 pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()> {
-    if which != "datapath" {
-        bail!("unknown benchmark {which:?} (there is: datapath)");
+    if which != "datapath" && which != "discovery" {
+        bail!("unknown benchmark {which:?} (there are: datapath, discovery)");
     }
     if !is_root() {
         bail!(
@@ -31,10 +31,13 @@ pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()
         let _s = Step::new(1, 2, "build (release: agent library with its eBPF object, vk-bench)");
         exec(Command::new("cargo").args(["build", "--release", "-p", "viking-tests", "--bins"]))?;
     }
-    let _s = Step::new(2, 2, "bench datapath (a few minutes; --quick: under a minute)");
+    let _s = match which {
+        "discovery" => Step::new(2, 2, "bench discovery (about a minute; --quick: seconds)"),
+        _ => Step::new(2, 2, "bench datapath (a few minutes; --quick: under a minute)"),
+    };
     let mut cmd = Command::new("cargo");
     cmd.args(["run", "--release", "-q", "-p", "viking-tests", "--bin", "vk-bench", "--"]);
-    cmd.arg("datapath");
+    cmd.arg(which);
     if let Some(path) = &json {
         cmd.arg("--json").arg(path);
     }

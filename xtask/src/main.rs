@@ -30,7 +30,11 @@ enum Command {
         args: Vec<String>,
     },
     /// The main job: setup, build, and show Viking at work on this machine.
-    Demo,
+    Demo {
+        /// Use the debug build as it is (`cargo xtask test` runs the demo this way, last).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Setup, build, then a benchmark (as root). `datapath`: Viking against direct
     /// connections, iptables DNAT and HAProxy, as ratios to direct (docs/benchmarks.md).
     Bench {
@@ -62,7 +66,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Test { args } => test::run(&args),
-        Command::Demo => demo::run(),
+        Command::Demo { debug } => demo::run(&if debug {
+            demo::Options { build: false, viking: util::root().join("target/debug/viking") }
+        } else {
+            demo::Options::default()
+        }),
         Command::Bench { which, json, quick } => bench::run(&which, json, quick),
         Command::Image { host } => {
             setup::run()?;

@@ -18,7 +18,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     }
     setup::run()?;
     {
-        let _s = Step::new(1, 3, "lint (rustfmt, clippy -D warnings; the eBPF crate on its own)");
+        let _s = Step::new(1, 4, "lint (rustfmt, clippy -D warnings; the eBPF crate on its own)");
         exec(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
         exec(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
         // NB: the eBPF crate only compiles for the BPF target, with nightly and build-std.
@@ -41,11 +41,28 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         )?;
     }
     {
-        let _s = Step::new(2, 3, "build (eBPF object through aya-build, agent, probe)");
+        let _s = Step::new(2, 4, "build (eBPF object through aya-build, agent, probe)");
         exec(Command::new("cargo").args(["build", "--bins"]))?;
     }
-    let _s = Step::new(3, 3, "tests (unit + privileged integration)");
-    let (passed, failed) = cargo_test(extra)?;
+    let (mut passed, mut failed) = {
+        let _s = Step::new(3, 4, "tests (unit + privileged integration)");
+        cargo_test(extra)?
+    };
+    if extra.is_empty() {
+        // The README's first command, checked: the demo fails on any check it makes.
+        let _s = Step::new(4, 4, "the demo (cargo xtask demo, on the debug build)");
+        let opts = crate::demo::Options {
+            build: false,
+            viking: crate::util::root().join("target/debug/viking"),
+        };
+        match crate::demo::run(&opts) {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                println!("demo FAILED: {e:#}");
+                failed += 1;
+            }
+        }
+    }
     // One closing line for the whole run (cargo prints one per test binary).
     println!("tests: {passed} passed, {failed} failed");
     if failed > 0 {

@@ -143,6 +143,8 @@ impl<S: Store> Placer<S> {
                         .map(|pj| pj.link_env.clone())
                         .unwrap_or_default();
                     env.extend(job.env.clone());
+                    env.insert("VIKING_HOST".into(), host.clone());
+                    env.insert("VIKING_INSTANCE".into(), name.clone());
                     let after = job
                         .links
                         .iter()
