@@ -23,7 +23,8 @@ pub struct Host {
 pub struct Cluster {
     pub hosts: Vec<Host>,
     pub lan: NetNs,
-    pub etcd: Etcd,
+    /// None: a single host on its embedded store (nothing installed).
+    pub etcd: Option<Etcd>,
     /// Where the test writes its stack files.
     pub dir: PathBuf,
 }
@@ -41,8 +42,16 @@ fn ip(args: &[&str]) {
 impl Cluster {
     /// `n` hosts `10.99.0.1..n` on one bridge, each with an agent.
     pub async fn start(n: usize) -> Self {
+        Self::start_on(n, Some(Etcd::start().await)).await
+    }
+
+    /// One host whose agent keeps its state in its embedded store: no etcd.
+    pub async fn single_embedded() -> Self {
+        Self::start_on(1, None).await
+    }
+
+    async fn start_on(n: usize, etcd: Option<Etcd>) -> Self {
         crate::require_root();
-        let etcd = Etcd::start().await;
         let lan = NetNs::new("vkl");
         lan.ip(&["link", "add", "br0", "type", "bridge"]);
         lan.ip(&["link", "set", "br0", "up"]);
@@ -68,7 +77,8 @@ impl Cluster {
                 "--address".into(),
                 addr.clone(),
             ];
-            let agent = AgentProc::start_with(Some(&etcd.spec()), &extra).await;
+            let store = etcd.as_ref().map(Etcd::spec);
+            let agent = AgentProc::start_with(store.as_deref(), &extra).await;
             hosts.push(Host { agent, ns, ip: addr });
         }
         Self { hosts, lan, etcd, dir }
@@ -114,10 +124,17 @@ impl Cluster {
                 let rows: Vec<String> = rows
                     .iter()
                     .map(|r| {
-                        format!("{}/{}#{} {} {} {}", r.stack, r.job, r.index, r.host, r.state, r.detail)
+                        format!(
+                            "{}/{}#{} {} {} {}",
+                            r.stack, r.job, r.index, r.host, r.state, r.detail
+                        )
                     })
                     .collect();
-                panic!("timed out waiting for {what}; ps:\n{}\n{}", rows.join("\n"), logs.join("\n"));
+                panic!(
+                    "timed out waiting for {what}; ps:\n{}\n{}",
+                    rows.join("\n"),
+                    logs.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -126,8 +143,9 @@ impl Cluster {
     /// The registrations under `/services/`, key -> JSON.
     pub async fn registrations(&self) -> BTreeMap<String, serde_json::Value> {
         use viking::store::Store as _;
+        let etcd = self.etcd.as_ref().expect("registrations are read from etcd");
         let store = viking::store::EtcdStore::connect(
-            &self.etcd.endpoints(),
+            &etcd.endpoints(),
             &viking::store::EtcdOptions::default(),
         )
         .await

@@ -80,8 +80,7 @@ async fn stacks_spread_register_and_link_across_hosts() {
     let want: BTreeSet<String> = (0..3).map(|i| format!("web_middleware_{i}")).collect();
     assert_eq!(reached(&log), want, "web reached every middleware instance:\n{log}");
     assert!(log.contains("PONG"), "web reached redis through SHARED_MONGO:\n{log}");
-    let pid =
-        regs["/services/web/web_web/80/80/web_web_0"]["id"].as_str().unwrap().to_owned();
+    let pid = regs["/services/web/web_web/80/80/web_web_0"]["id"].as_str().unwrap().to_owned();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     for var in ["SHARED_MONGO_PORT_27017", "SHARED_AUTH_PORT_80_TCP", "MIDDLEWARE_PORT_80_TCP_PORT"]
@@ -176,8 +175,9 @@ async fn a_killed_instance_is_restarted_with_backoff_and_registered_again() {
 }
 
 #[tokio::test]
-async fn viking_run_pipes_stdin_through_a_job() {
-    let c = Cluster::start(1).await;
+async fn viking_run_pipes_stdin_through_a_job_on_a_single_embedded_host() {
+    // A single host with nothing installed: the agent's embedded store, the exec runtime.
+    let c = Cluster::single_embedded().await;
     c.deploy("tools", "upper:\n  type: job\n  command: tr a-z A-Z\n").await;
     // Deployed, it runs once to completion (its stdin is empty) and is removed.
     let ps = c.wait_ps("upper completed", |r| r.iter().any(|r| r.state == "completed")).await;
