@@ -91,6 +91,20 @@ async fn stacks_spread_register_and_link_across_hosts() {
             env[var]
         );
     }
+
+    // `viking rm web`: its instances stop everywhere and their registrations go.
+    c.hosts[0].agent.client().delete("/v1/stacks/web").await.unwrap();
+    c.wait_ps("only shared left", |r| r.iter().all(|r| r.stack == "shared")).await;
+    let mut left = c.registrations().await;
+    for _ in 0..50 {
+        if left.keys().all(|k| !k.starts_with("/services/web/")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = c.registrations().await;
+    }
+    assert!(left.keys().all(|k| !k.starts_with("/services/web/")), "{left:#?}");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "web's process ended");
 }
 
 #[tokio::test]
