@@ -11,7 +11,6 @@ use viking::{
     api::{client::ApiClient, token, DEFAULT_API},
     datapath::{mounts, Algo, DatapathConfig, Proto},
     runtime::RuntimeKind,
-    store::{StoreSpec, DEFAULT_STORE},
 };
 
 #[derive(Parser)]
@@ -69,6 +68,8 @@ impl ApiArgs {
     }
 }
 
+// NB: parsed once per process; boxing the agent's arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the per-host agent.
@@ -81,9 +82,9 @@ enum Command {
         /// Detach the programs and delete every pin of this node, then exit.
         #[arg(long)]
         cleanup: bool,
-        /// `etcd://HOST:PORT[,HOST:PORT..]`, or `embedded:DIR` for a single machine.
-        #[arg(long, env = "VIKING_STORE", default_value = DEFAULT_STORE)]
-        store: StoreSpec,
+        /// The store, and etcd's TLS files.
+        #[command(flatten)]
+        store: cli::store_args::StoreArgs,
         /// Where this agent serves the API.
         #[arg(long, env = "VIKING_API", default_value = DEFAULT_API)]
         api: SocketAddr,
@@ -295,7 +296,8 @@ async fn main() -> anyhow::Result<()> {
                 drain,
                 host_netns,
                 datapath: DatapathConfig { cgroup, bpffs: node.bpffs() },
-                store,
+                store: store.store.clone(),
+                etcd: store.etcd(),
                 api,
                 address,
                 tags,

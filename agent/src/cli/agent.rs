@@ -22,6 +22,8 @@ pub struct AgentConfig {
     pub node: String,
     pub datapath: DatapathConfig,
     pub store: StoreSpec,
+    /// etcd's TLS files.
+    pub etcd: EtcdOptions,
     pub api: std::net::SocketAddr,
     /// The address other hosts reach this one on.
     pub address: IpAddr,
@@ -53,11 +55,11 @@ fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
         RuntimeKind::Exec => AnyRuntime::Exec(
             ExecRuntime::new(rc, &cfg.run_dir).context("preparing the exec runtime")?,
         ),
-        RuntimeKind::Docker => AnyRuntime::Docker(
-            DockerRuntime::connect(rc, &cfg.docker_socket).with_context(|| {
-                format!("connecting to docker at {}", cfg.docker_socket.display())
-            })?,
-        ),
+        RuntimeKind::Docker => {
+            AnyRuntime::Docker(DockerRuntime::connect(rc, &cfg.docker_socket).with_context(
+                || format!("connecting to docker at {}", cfg.docker_socket.display()),
+            )?)
+        }
     })
 }
 
@@ -65,7 +67,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut datapath = Datapath::start(&cfg.datapath)
         .with_context(|| format!("starting the datapath of node {}", cfg.node))?;
     datapath.spawn_log();
-    let store = store::open(&cfg.store, &EtcdOptions::default())
+    let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
     let info = HostInfo {
