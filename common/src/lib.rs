@@ -179,6 +179,11 @@ pub struct SockBackend {
     /// `SOCK_COUNTED` once the established callback counted it as active.
     pub flags: u32,
     pub _pad: u32,
+    /// The backend it was sent to: with the socket's cookie, its `REVNAT` key, deleted when
+    /// the socket closes.
+    pub addr: Addr,
+    pub port: u16,
+    pub _pad2: [u8; 6],
 }
 
 pub const SOCK_COUNTED: u32 = 1;
@@ -214,7 +219,7 @@ mod tests {
         assert_eq!(size_of::<ServiceStats>(), 24);
         assert_eq!(size_of::<RevNatKey>(), 32);
         assert_eq!(size_of::<RevNatValue>(), 24);
-        assert_eq!(size_of::<SockBackend>(), 16);
+        assert_eq!(size_of::<SockBackend>(), 40);
     }
 
     #[test]

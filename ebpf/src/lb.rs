@@ -82,22 +82,28 @@ fn pick(svc: &ServiceValue) -> Option<Backend> {
 fn least_conn(svc: &ServiceValue) -> Option<Backend> {
     let count = svc.count;
     let start = rand() % count;
-    let mut best: Option<Backend> = None;
+    // NB: the winner is kept as a slot number, not an `Option<Backend>`: the undefined payload
+    // of a `None` can reach the verifier as a read of an uninitialised register.
+    let mut best_slot = u32::MAX;
     let mut best_active = u64::MAX;
     for i in 0..LEAST_CONN_SCAN {
         if i >= count {
             break;
         }
-        let Some(b) = backend(svc.set, (start + i) % count) else {
+        let slot = (start + i) % count;
+        let Some(b) = backend(svc.set, slot) else {
             continue;
         };
         let active = BACKEND_ACTIVE.get(b.id).copied().unwrap_or(0);
         if active < best_active {
             best_active = active;
-            best = Some(b);
+            best_slot = slot;
         }
     }
-    best
+    if best_slot == u32::MAX {
+        return None;
+    }
+    backend(svc.set, best_slot)
 }
 
 #[inline(always)]

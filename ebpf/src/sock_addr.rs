@@ -83,7 +83,15 @@ pub fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             remember(cookie, &backend.addr, backend.port, addr, port)?;
             if proto == PROTO_TCP {
-                let tracked = SockBackend { backend: backend.id, service, flags: 0, _pad: 0 };
+                let tracked = SockBackend {
+                    backend: backend.id,
+                    service,
+                    flags: 0,
+                    _pad: 0,
+                    addr: backend.addr,
+                    port: backend.port,
+                    _pad2: [0; 6],
+                };
                 SOCK_BACKEND.insert(cookie, tracked, 0)?;
             }
             Ok(ALLOW)

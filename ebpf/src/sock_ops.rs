@@ -2,7 +2,8 @@
 //!
 //! connect() tags a TCP socket sent to a backend in `SOCK_BACKEND`. Here, at TCP connect the
 //! socket asks for state callbacks; when established it is counted active; when it reaches
-//! TCP_CLOSE (closed, reset, or a connect that failed) it is uncounted and forgotten.
+//! TCP_CLOSE (closed, reset, or a connect that failed) it is uncounted and forgotten, and its
+//! reverse-translation entry (`REVNAT`) goes with it.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
@@ -14,9 +15,9 @@ use aya_ebpf::{
     programs::SockOpsContext,
     EbpfContext as _,
 };
-use viking_common::SOCK_COUNTED;
+use viking_common::{RevNatKey, SOCK_COUNTED};
 
-use crate::maps::{BACKEND_ACTIVE, SOCK_BACKEND};
+use crate::maps::{BACKEND_ACTIVE, REVNAT, SOCK_BACKEND};
 
 pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, i32> {
     let op = ctx.op();
@@ -45,6 +46,10 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, i32> {
         if tracked.flags & SOCK_COUNTED != 0 {
             add(tracked.backend, u64::MAX); // wrapping -1
         }
+        // The reverse translation is no longer needed: free its LRU slot now rather than
+        // letting closed sockets push live ones out.
+        let key = RevNatKey { cookie, addr: tracked.addr, port: tracked.port, _pad: [0; 6] };
+        let _ = REVNAT.remove(&key);
         SOCK_BACKEND.remove(cookie)?;
     }
     Ok(1)

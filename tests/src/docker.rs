@@ -171,6 +171,11 @@ impl Dockerd {
     /// Stops the daemon and starts it again on the same directories.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Starts the daemon again on the same directories (after `stop`), and waits for it.
+    pub fn start_again(&mut self) {
         self.spawn();
         self.wait_ready();
     }

@@ -67,3 +67,23 @@ fn other_addresses_and_ports_are_untouched() {
     assert_eq!(t.table().list().unwrap()[0].conns, 0);
     drop(local);
 }
+
+#[test]
+fn a_closed_connection_leaves_no_reverse_translation_behind() {
+    let mut t = Topo::new();
+    let b = t.tcp_backends(8000);
+    t.service("127.0.0.1:7004", Proto::Tcp, Algo::Random, &[b[0].addr]);
+    let conns = t.probe(&["tcp", "127.0.0.1:7004", "50"]);
+    assert!(conns.iter().all(|c| c.peer.as_deref() == Some("127.0.0.1:7004")), "{conns:?}");
+    // Every socket closed (the probe closes each): their REVNAT entries went at TCP_CLOSE,
+    // so closed sockets never push live ones out of the LRU.
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = viking_tests::bench::hooks::revnat_entries(&t.bpf.path).unwrap();
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(left, 0, "REVNAT entries left after 50 closed connections");
+}

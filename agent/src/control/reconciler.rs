@@ -177,8 +177,18 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
         let mut instances: BTreeMap<String, Instance> = match self.runtime.list().await {
             Ok(list) => list.into_iter().map(|i| (i.name.clone(), i)).collect(),
             Err(e) => {
+                // NB: the runtime is down (dockerd restarting): nothing of ours can be trusted
+                // to run, so every instance is reported failed and unregistered until it is
+                // back, rather than left registered as a dead backend.
                 tracing::warn!(runtime = %self.runtime.describe(), error = %e, "listing instances");
-                return Ok(());
+                let statuses = view
+                    .intents
+                    .keys()
+                    .map(|n| {
+                        (n.clone(), self.status(n, Phase::Failed, format!("runtime: {e}"), None))
+                    })
+                    .collect();
+                return self.publish(&view, &BTreeMap::new(), &statuses).await;
             }
         };
         for name in

@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 use crate::stack::Port;
 
 pub mod any;
-pub mod error;
 pub mod docker;
+pub mod error;
 pub mod exec;
 
 pub use any::{AnyRuntime, RuntimeKind};
