@@ -31,6 +31,7 @@ fn host(name: &str) -> HostInfo {
         capacity: Default::default(),
         overlay_subnet: None,
         started: 0,
+        load: 0,
     }
 }
 

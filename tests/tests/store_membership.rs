@@ -31,6 +31,7 @@ fn host(name: &str, last: u8) -> HostInfo {
         capacity: Capacity { cpus: 2, memory_mb: 2048, instances: 20 },
         overlay_subnet: None,
         started: 1,
+        load: 0,
     }
 }
 

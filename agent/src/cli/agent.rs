@@ -76,11 +76,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         tags: cfg.tags.clone(),
         capacity: Default::default(),
         overlay_subnet: None,
+        load: membership::loadavg().unwrap_or(0),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    let member = control::membership::join(&store, info, membership::DEFAULT_TTL)
+    let member = control::membership::join(&store, info.clone(), membership::DEFAULT_TTL)
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
@@ -111,6 +112,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         deployer,
         Addresses::new(store.clone(), control::addresses::default_pool()),
     );
+    tokio::spawn(membership::report_load(store.clone(), info, member.lease_watch(), stop.clone()));
     let placement = tokio::spawn(control::placement::run(placer, leading.clone(), stop.clone()));
     let mut reconciler = Reconciler::new(
         store.clone(),

@@ -35,6 +35,10 @@ pub struct HostInfo {
     /// When the agent started (Unix seconds).
     #[serde(default)]
     pub started: u64,
+    /// The load it reports: its 1-minute load average, rounded; the scheduler counts it as
+    /// that many instances (`report_load`).
+    #[serde(default)]
+    pub load: u32,
 }
 
 /// What a host offers the scheduler; 0 means not said.
@@ -265,5 +269,42 @@ impl HostWatcher {
     /// The next change if one comes within `wait`.
     pub async fn next_within(&mut self, wait: Duration) -> Option<HostEvent> {
         tokio::time::timeout(wait, self.next()).await.ok().flatten()
+    }
+}
+
+/// The 1-minute load average, rounded (`/proc/loadavg`).
+pub fn loadavg() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let one: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(one.round().clamp(0.0, f64::from(u32::MAX)) as u32)
+}
+
+/// How often a host refreshes the load it reports.
+pub const LOAD_PERIOD: Duration = Duration::from_secs(10);
+
+/// Keeps this host's record carrying its current load (under its membership lease) until
+/// `stop`. Written only when the rounded load changes.
+pub async fn report_load<S: Store>(
+    store: S,
+    mut info: HostInfo,
+    lease: watch::Receiver<Option<LeaseId>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let id = *lease.borrow();
+        if let (Some(load), Some(id)) = (loadavg(), id) {
+            if load != info.load {
+                info.load = load;
+                if let Ok(value) = serde_json::to_vec(&info) {
+                    if let Err(e) = store.put(&keys::host(&info.name), value, Some(id)).await {
+                        tracing::warn!(error = %e, "reporting load");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOAD_PERIOD) => {}
+            _ = stop.changed() => return,
+        }
     }
 }

@@ -61,6 +61,7 @@ impl<S: Store> Placer<S> {
         let deployed = DeployedJobs::read(&self.store).await?;
         let hosts: Vec<_> =
             membership::hosts(&self.store).await?.into_iter().map(|h| h.info).collect();
+        let load = hosts.iter().map(|h| (h.name.clone(), h.load)).collect();
         let procs = self.store.list(keys::PROC).await?;
         let mut current: BTreeMap<InstanceId, String> = BTreeMap::new();
         let mut existing: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -85,13 +86,7 @@ impl<S: Store> Placer<S> {
             self.store.list(keys::WAITING).await?.kvs.into_iter().map(|kv| kv.key).collect();
         let jobs: Vec<(String, crate::stack::Job)> =
             deployed.jobs.iter().map(|((s, _), j)| (s.clone(), j.clone())).collect();
-        let input = SchedulerInput {
-            jobs,
-            hosts,
-            current: current.clone(),
-            history,
-            load: BTreeMap::new(),
-        };
+        let input = SchedulerInput { jobs, hosts, current: current.clone(), history, load };
         let placements = schedule(&input);
 
         let mut plans = BTreeMap::new();

@@ -141,6 +141,7 @@ mod tests {
             capacity: Default::default(),
             overlay_subnet: None,
             started: 0,
+            load: 0,
         }
     }
 

@@ -65,6 +65,7 @@ async fn main() {
                 capacity: membership::Capacity { cpus: 2, memory_mb: 1024, instances: 10 },
                 overlay_subnet: None,
                 started: 0,
+                load: 0,
             };
             let _member =
                 membership::join(&store, info, secs(ttl)).await.unwrap_or_else(|e| panic!("{e}"));
