@@ -1,36 +1,134 @@
-//! Keeps the datapath's service table equal to the store: every allocated ambassador port
-//! (`/viking/alloc/ports/<service>/<port>`) becomes a service at `ambassador:port` whose
-//! backends are the registrations of that service and port (`/services/<env>/<service>/<port>/..`).
+//! Keeps the datapath's service table equal to the store and the running containers:
 //!
-//! The table's entries on the ambassador address (netns 0) with a port in the allocator's
-//! range belong to this loop: it adds, replaces and removes them. Other entries (`viking
-//! service add` on any other address or port) are left alone.
+//! - every allocated ambassador port (`/viking/alloc/ports/<service>/<port>`) becomes a service
+//!   at `ambassador:port` (every network namespace) whose backends are the registrations of
+//!   that service and port (`/services/<env>/<service>/<port>/..`);
+//! - every `BACKEND_*` descriptor of a running container (embassy mode, `embassy.rs`) becomes
+//!   a service at `127.0.0.1:port` in that container's network namespace only, whose backends
+//!   are the registrations the descriptor matches.
+//!
+//! The loop owns the table's entries on the ambassador address (netns 0) with a port in the
+//! allocator's range, and every netns-scoped entry on 127.0.0.1: it adds, replaces and removes
+//! them. Other entries (`viking service add` on any other address or port) are left alone.
+//!
+//! It programs only what changed: it remembers what it last applied and, after each batch of
+//! changes, upserts the services whose spec differs and removes the ones no longer wanted (one
+//! registration change among 1k services is one upsert). On start, after a watch resync
+//! (compaction, reconnect) and after a failed map update it reconciles in full against the
+//! table instead.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use super::registration::{Endpoint, PREFIX as SERVICES};
+use super::{
+    descriptor::{Descriptor, ServiceRef},
+    embassy::{self, Containers, Reported, EMBASSY_ADDR},
+    registration::{Endpoint, PREFIX as SERVICES},
+};
 use crate::{
     control::{ports::PortAllocation, PortRange},
-    datapath::{Algo, Datapath, DatapathError, Frontend, Proto, ServiceSpec, GRACE},
+    datapath::{Algo, Datapath, Frontend, Proto, ServiceSpec, ServiceTable, GRACE},
     store::{keys, KeyValue, Store, WatchEvent},
 };
 
-/// The services the datapath should hold.
+/// After a failed map update, the next full pass comes this much later (or with the next
+/// change, whichever is first).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The registrations the loop knows, by store key and by service.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    by_key: BTreeMap<String, Endpoint>,
+    by_service: HashMap<String, BTreeSet<String>>,
+}
+
+impl Endpoints {
+    /// Adds or replaces a registration; returns the one it replaced.
+    pub fn insert(&mut self, e: Endpoint) -> Option<Endpoint> {
+        let key = e.key.to_key();
+        let old = self.remove(&key);
+        self.by_service.entry(e.key.service.clone()).or_default().insert(key.clone());
+        self.by_key.insert(key, e);
+        old
+    }
+
+    /// Removes a registration by its store key; returns it.
+    pub fn remove(&mut self, key: &str) -> Option<Endpoint> {
+        let old = self.by_key.remove(key)?;
+        if let Some(keys) = self.by_service.get_mut(&old.key.service) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_service.remove(&old.key.service);
+            }
+        }
+        Some(old)
+    }
+
+    pub fn clear(&mut self) {
+        self.by_key.clear();
+        self.by_service.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// The registrations of `service` (any env, any port).
+    pub fn of_service<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.by_service.get(service).into_iter().flatten().filter_map(|k| self.by_key.get(k))
+    }
+
+    /// The registrations a descriptor names (tags and protocol checked).
+    pub fn for_descriptor<'a>(
+        &'a self,
+        d: &'a Descriptor,
+    ) -> Box<dyn Iterator<Item = &'a Endpoint> + 'a> {
+        match &d.service {
+            ServiceRef::Name(n) => Box::new(self.of_service(n).filter(|e| d.matches(e))),
+            ServiceRef::Path(p) => {
+                let from = format!("{p}/");
+                Box::new(
+                    self.by_key
+                        .range(from.clone()..)
+                        .take_while(move |(k, _)| k.starts_with(&from))
+                        .map(|(_, e)| e)
+                        .filter(|e| d.matches(e)),
+                )
+            }
+        }
+    }
+}
+
+/// A service name that fits the table (64 bytes), cut at a character boundary.
+pub fn fit_name(name: &str) -> String {
+    let max = viking_common::SERVICE_NAME_LEN;
+    if name.len() <= max {
+        return name.to_owned();
+    }
+    let mut end = max;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
+/// The ambassador-port services the datapath should hold.
 pub fn desired(
     allocations: &[PortAllocation],
-    endpoints: &[Endpoint],
+    endpoints: &Endpoints,
     ambassador: IpAddr,
     algo: Algo,
 ) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
     for a in allocations {
-        let mine: Vec<&Endpoint> = endpoints
-            .iter()
-            .filter(|e| e.key.service == a.service && e.key.port == a.port)
-            .collect();
+        let mine: Vec<&Endpoint> =
+            endpoints.of_service(&a.service).filter(|e| e.key.port == a.port).collect();
         let udp = mine.iter().any(|e| e.record.proto == Some(Proto::Udp));
         let protos: &[Proto] = if udp { &[Proto::Tcp, Proto::Udp] } else { &[Proto::Tcp] };
         for &proto in protos {
@@ -44,7 +142,7 @@ pub fn desired(
                 .filter(|b| b.is_ipv4() == ambassador.is_ipv4() || ambassador.is_ipv6())
                 .collect();
             out.push(ServiceSpec {
-                name: format!("{}:{}", a.service, a.port),
+                name: fit_name(&format!("{}:{}", a.service, a.port)),
                 frontend: Frontend {
                     addr: SocketAddr::new(ambassador, a.ambassador_port),
                     proto,
@@ -58,139 +156,486 @@ pub fn desired(
     out
 }
 
-/// Makes the table hold exactly `want` among the entries this loop owns; returns (wanted, removed).
-pub fn apply(
-    datapath: &mut Datapath,
-    ambassador: IpAddr,
-    range: PortRange,
-    want: &[ServiceSpec],
-) -> Result<(usize, usize), DatapathError> {
-    let keep: BTreeSet<Frontend> = want.iter().map(|s| s.frontend).collect();
-    let mut removed = 0;
-    for s in datapath.table.list()? {
-        let owned = s.frontend.addr.ip() == ambassador
-            && s.frontend.netns == 0
-            && range.contains(s.frontend.addr.port());
-        if owned && !keep.contains(&s.frontend) {
-            datapath.table.remove(&s.frontend)?;
-            removed += 1;
-        }
-    }
-    for spec in want {
-        datapath.table.upsert(spec)?;
-    }
-    Ok((want.len(), removed))
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Whether it was a full reconcile against the table.
+    pub full: bool,
+    pub upserted: usize,
+    pub removed: usize,
+    /// Map updates that failed (retried by the next full pass).
+    pub failed: usize,
 }
 
-/// What the loop knows of the store.
+/// Programs the table's owned entries, remembering what it applied so that the next pass
+/// touches only what changed.
+#[derive(Debug)]
+pub struct Programmer {
+    ambassador: IpAddr,
+    range: PortRange,
+    applied: BTreeMap<Frontend, ServiceSpec>,
+    full: bool,
+}
+
+impl Programmer {
+    /// The first pass is a full reconcile.
+    pub fn new(ambassador: IpAddr, range: PortRange) -> Self {
+        Self { ambassador, range, applied: BTreeMap::new(), full: true }
+    }
+
+    /// Whether the loop owns an entry of the table.
+    pub fn owns(&self, f: &Frontend) -> bool {
+        let ambassador_port =
+            f.netns == 0 && f.addr.ip() == self.ambassador && self.range.contains(f.addr.port());
+        let embassy = f.netns != 0 && f.addr.ip() == EMBASSY_ADDR;
+        ambassador_port || embassy
+    }
+
+    /// Makes the next pass a full reconcile against the table.
+    pub fn resync(&mut self) {
+        self.full = true;
+    }
+
+    /// Makes the owned entries of the table equal `want`.
+    pub fn program(&mut self, table: &mut ServiceTable, want: Vec<ServiceSpec>) -> Applied {
+        let want: BTreeMap<Frontend, ServiceSpec> =
+            want.into_iter().map(|s| (s.frontend, s)).collect();
+        if self.full {
+            self.reconcile(table, want)
+        } else {
+            self.update(table, want)
+        }
+    }
+
+    /// Full pass: list the table, remove the owned entries not wanted, upsert every wanted one
+    /// (an upsert equal to what is installed writes nothing).
+    fn reconcile(
+        &mut self,
+        table: &mut ServiceTable,
+        want: BTreeMap<Frontend, ServiceSpec>,
+    ) -> Applied {
+        let mut done = Applied { full: true, ..Applied::default() };
+        let installed = match table.list() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the service table");
+                done.failed += 1;
+                return done;
+            }
+        };
+        self.applied.clear();
+        for s in installed {
+            if self.owns(&s.frontend) && !want.contains_key(&s.frontend) {
+                match table.remove(&s.frontend) {
+                    Ok(_) => done.removed += 1,
+                    Err(e) => {
+                        tracing::warn!(frontend = %s.frontend, error = %e, "removing a service");
+                        done.failed += 1;
+                    }
+                }
+            }
+        }
+        for (f, spec) in want {
+            match table.upsert(&spec) {
+                Ok(()) => {
+                    done.upserted += 1;
+                    self.applied.insert(f, spec);
+                }
+                Err(e) => {
+                    tracing::warn!(service = %spec.name, frontend = %f, error = %e, "programming a service");
+                    done.failed += 1;
+                }
+            }
+        }
+        self.full = done.failed > 0;
+        done
+    }
+
+    /// Diff pass: only what differs from the last applied state.
+    fn update(
+        &mut self,
+        table: &mut ServiceTable,
+        want: BTreeMap<Frontend, ServiceSpec>,
+    ) -> Applied {
+        let gone: Vec<(Frontend, Option<ServiceSpec>)> =
+            self.applied.keys().filter(|f| !want.contains_key(f)).map(|f| (*f, None)).collect();
+        let changes = gone.into_iter().chain(want.into_iter().map(|(f, s)| (f, Some(s))));
+        self.patch(table, changes)
+    }
+
+    /// Programs only the frontends named: `Some(spec)` is wanted as `spec` (upserted if it
+    /// differs from what was applied), `None` is not wanted (removed if it was applied).
+    /// Frontends not named are not looked at. A failure makes the next pass a full one.
+    pub fn patch(
+        &mut self,
+        table: &mut ServiceTable,
+        changes: impl IntoIterator<Item = (Frontend, Option<ServiceSpec>)>,
+    ) -> Applied {
+        let mut done = Applied::default();
+        for (f, spec) in changes {
+            match spec {
+                None if self.applied.contains_key(&f) => match table.remove(&f) {
+                    Ok(_) => {
+                        self.applied.remove(&f);
+                        done.removed += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(frontend = %f, error = %e, "removing a service");
+                        done.failed += 1;
+                    }
+                },
+                None => {}
+                Some(spec) if self.applied.get(&f) == Some(&spec) => {}
+                Some(spec) => match table.upsert(&spec) {
+                    Ok(()) => {
+                        done.upserted += 1;
+                        self.applied.insert(f, spec);
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %spec.name, frontend = %f, error = %e, "programming a service");
+                        // NB: what the table holds for it is now unknown.
+                        self.applied.remove(&f);
+                        done.failed += 1;
+                    }
+                },
+            }
+        }
+        if done.failed > 0 {
+            self.full = true;
+        }
+        done
+    }
+
+    /// Whether the next pass must be a full one.
+    pub fn needs_full(&self) -> bool {
+        self.full
+    }
+}
+
+/// What changed since the last pass.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Everything (start, watch resync).
+    all: bool,
+    /// Services whose allocations or registrations changed.
+    services: BTreeSet<String>,
+    /// The containers or any registration changed.
+    embassy: bool,
+}
+
+/// What the loop knows of the store, and what its last pass wanted.
 #[derive(Default)]
 struct View {
-    allocations: BTreeMap<String, KeyValue>,
-    registrations: BTreeMap<String, KeyValue>,
+    allocations: BTreeMap<String, PortAllocation>,
+    endpoints: Endpoints,
+    dirty: Dirty,
+    /// The ambassador-port services last wanted, by service name.
+    ambassador: BTreeMap<String, Vec<ServiceSpec>>,
+    /// The netns-scoped services last wanted.
+    embassy: Vec<ServiceSpec>,
+}
+
+/// `changes` gets every frontend of `old` that `new` no longer has (as not wanted) and every
+/// spec of `new`.
+fn diff_into(
+    changes: &mut Vec<(Frontend, Option<ServiceSpec>)>,
+    old: &[ServiceSpec],
+    new: &[ServiceSpec],
+) {
+    let keep: BTreeSet<Frontend> = new.iter().map(|s| s.frontend).collect();
+    changes.extend(old.iter().filter(|s| !keep.contains(&s.frontend)).map(|s| (s.frontend, None)));
+    changes.extend(new.iter().map(|s| (s.frontend, Some(s.clone()))));
 }
 
 impl View {
-    fn allocations(&self) -> Vec<PortAllocation> {
-        self.allocations
-            .values()
-            .filter_map(|kv| {
-                let rest = kv.key.strip_prefix(keys::PORTS)?;
-                let (service, port) = rest.rsplit_once('/')?;
-                let port: u16 = port.parse().ok()?;
-                let ambassador_port: u16 = kv.text().ok()?.trim().parse().ok()?;
-                Some(PortAllocation { service: service.to_owned(), port, ambassador_port })
-            })
-            .collect()
+    fn allocation(kv: &KeyValue) -> Option<PortAllocation> {
+        let rest = kv.key.strip_prefix(keys::PORTS)?;
+        let (service, port) = rest.rsplit_once('/')?;
+        let port: u16 = port.parse().ok()?;
+        let ambassador_port: u16 = kv.text().ok()?.trim().parse().ok()?;
+        Some(PortAllocation { service: service.to_owned(), port, ambassador_port })
     }
 
-    fn endpoints(&self) -> Vec<Endpoint> {
-        self.registrations
-            .values()
-            .filter_map(|kv| match Endpoint::parse(&kv.key, &kv.value) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "ignoring a registration");
-                    None
-                }
-            })
-            .collect()
-    }
-
-    fn apply_event(map: &mut BTreeMap<String, KeyValue>, ev: WatchEvent) {
-        match ev {
-            WatchEvent::Put(kv) => {
-                map.insert(kv.key.clone(), kv);
+    fn put_allocation(&mut self, kv: &KeyValue) {
+        // NB: `/viking/alloc/ports/next` (the counter) lives here too, and is no allocation.
+        let old = match Self::allocation(kv) {
+            Some(a) => {
+                self.dirty.services.insert(a.service.clone());
+                self.allocations.insert(kv.key.clone(), a)
             }
+            None => self.allocations.remove(&kv.key),
+        };
+        if let Some(old) = old {
+            self.dirty.services.insert(old.service);
+        }
+    }
+
+    fn put_registration(&mut self, kv: &KeyValue) {
+        self.dirty.embassy = true;
+        let old = match Endpoint::parse(&kv.key, &kv.value) {
+            Ok(e) => {
+                self.dirty.services.insert(e.key.service.clone());
+                self.endpoints.insert(e)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a registration");
+                self.endpoints.remove(&kv.key)
+            }
+        };
+        if let Some(old) = old {
+            self.dirty.services.insert(old.key.service);
+        }
+    }
+
+    /// Applies a watch event under `/viking/alloc/ports/`; whether it was a resync.
+    fn allocation_event(&mut self, ev: WatchEvent) -> bool {
+        match ev {
+            WatchEvent::Put(kv) => self.put_allocation(&kv),
             WatchEvent::Delete { key, .. } => {
-                map.remove(&key);
+                if let Some(old) = self.allocations.remove(&key) {
+                    self.dirty.services.insert(old.service);
+                }
             }
             WatchEvent::Resync { kvs, .. } => {
-                *map = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+                self.allocations.clear();
+                for kv in &kvs {
+                    self.put_allocation(kv);
+                }
+                self.dirty.all = true;
+                return true;
             }
         }
+        false
+    }
+
+    /// Applies a watch event under `/services/`; whether it was a resync.
+    fn registration_event(&mut self, ev: WatchEvent) -> bool {
+        match ev {
+            WatchEvent::Put(kv) => self.put_registration(&kv),
+            WatchEvent::Delete { key, .. } => {
+                self.dirty.embassy = true;
+                if let Some(old) = self.endpoints.remove(&key) {
+                    self.dirty.services.insert(old.key.service);
+                }
+            }
+            WatchEvent::Resync { kvs, .. } => {
+                self.endpoints.clear();
+                for kv in &kvs {
+                    self.put_registration(kv);
+                }
+                self.dirty.all = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The ambassador-port services of one service name.
+    fn ambassador_specs(&self, service: &str, ambassador: IpAddr, algo: Algo) -> Vec<ServiceSpec> {
+        let from = format!("{}{service}/", keys::PORTS);
+        let allocations: Vec<PortAllocation> = self
+            .allocations
+            .range(from.clone()..)
+            .take_while(|(k, _)| k.starts_with(&from))
+            .map(|(_, a)| a)
+            .filter(|a| a.service == service)
+            .cloned()
+            .collect();
+        desired(&allocations, &self.endpoints, ambassador, algo)
+    }
+
+    /// One programming pass over what changed (everything, when the programmer or the view
+    /// asks for a full one). Returns what it did, and the embassy problems when it looked at
+    /// the containers.
+    fn pass(
+        &mut self,
+        containers: &Containers,
+        ambassador: IpAddr,
+        algo: Algo,
+        programmer: &mut Programmer,
+        table: &mut ServiceTable,
+    ) -> (Applied, Option<Vec<embassy::Problem>>) {
+        let dirty = std::mem::take(&mut self.dirty);
+        if dirty.all || programmer.needs_full() {
+            let mut by_service: BTreeMap<&str, Vec<PortAllocation>> = BTreeMap::new();
+            for a in self.allocations.values() {
+                by_service.entry(a.service.as_str()).or_default().push(a.clone());
+            }
+            let wanted: BTreeMap<String, Vec<ServiceSpec>> = by_service
+                .into_iter()
+                .map(|(s, a)| (s.to_owned(), desired(&a, &self.endpoints, ambassador, algo)))
+                .collect();
+            self.ambassador = wanted;
+            let (scoped, problems) = embassy::desired(containers, &self.endpoints, algo);
+            self.embassy = scoped;
+            let want: Vec<ServiceSpec> =
+                self.ambassador.values().flatten().chain(&self.embassy).cloned().collect();
+            return (programmer.program(table, want), Some(problems));
+        }
+        let mut changes = Vec::new();
+        for service in &dirty.services {
+            let new = self.ambassador_specs(service, ambassador, algo);
+            let old = self.ambassador.remove(service).unwrap_or_default();
+            diff_into(&mut changes, &old, &new);
+            if !new.is_empty() {
+                self.ambassador.insert(service.clone(), new);
+            }
+        }
+        let mut problems = None;
+        if dirty.embassy {
+            let (scoped, p) = embassy::desired(containers, &self.endpoints, algo);
+            diff_into(&mut changes, &self.embassy, &scoped);
+            self.embassy = scoped;
+            problems = Some(p);
+        }
+        (programmer.patch(table, changes), problems)
     }
 }
 
-/// Follows the store for as long as the agent runs, programming `datapath`. Changes that
-/// arrive together are applied together (a 10 ms batch).
+/// Follows the store and the running containers for as long as the agent runs, programming
+/// `datapath`. Changes that arrive together (already queued when the loop wakes up) are
+/// programmed together, with no added wait.
 pub async fn run<S: Store>(
     store: S,
     mut datapath: Datapath,
     ambassador: IpAddr,
     range: PortRange,
     algo: Algo,
-    _containers: tokio::sync::watch::Receiver<super::embassy::Containers>,
+    mut containers: tokio::sync::watch::Receiver<Containers>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Datapath, crate::store::StoreError> {
     let allocs = store.list(keys::PORTS).await?;
     let regs = store.list(SERVICES).await?;
     let mut view = View::default();
-    View::apply_event(
-        &mut view.allocations,
-        WatchEvent::Resync { kvs: allocs.kvs, revision: allocs.revision },
-    );
-    View::apply_event(
-        &mut view.registrations,
-        WatchEvent::Resync { kvs: regs.kvs, revision: regs.revision },
-    );
+    view.allocation_event(WatchEvent::Resync { kvs: allocs.kvs, revision: allocs.revision });
+    view.registration_event(WatchEvent::Resync { kvs: regs.kvs, revision: regs.revision });
     let mut allocs_watch = store.watch(keys::PORTS, Some(allocs.revision + 1)).await?;
     let mut regs_watch = store.watch(SERVICES, Some(regs.revision + 1)).await?;
+    let mut programmer = Programmer::new(ambassador, range);
+    let mut reported = Reported::default();
+    let mut containers_open = true;
+    let mut retry_at: Option<Instant> = None;
     let mut dirty = true;
     let mut tick = tokio::time::interval(GRACE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if dirty {
             let started = Instant::now();
-            let want = desired(&view.allocations(), &view.endpoints(), ambassador, algo);
-            match apply(&mut datapath, ambassador, range, &want) {
-                Ok((services, removed)) => {
-                    tracing::debug!(services, removed, took = ?started.elapsed(), "datapath synced")
-                }
-                Err(e) => tracing::warn!(error = %e, "programming the datapath"),
+            // NB: a copy, so the reconciler never waits on the borrow while maps are written.
+            let current = containers.borrow_and_update().clone();
+            let (done, problems) =
+                view.pass(&current, ambassador, algo, &mut programmer, &mut datapath.table);
+            if let Some(problems) = problems {
+                reported.report(problems);
             }
+            retry_at = (done.failed > 0).then(|| Instant::now() + RETRY);
+            tracing::debug!(
+                full = done.full,
+                upserted = done.upserted,
+                removed = done.removed,
+                failed = done.failed,
+                took = ?started.elapsed(),
+                "datapath synced"
+            );
             dirty = false;
         }
         tokio::select! {
             ev = allocs_watch.next() => {
                 let Some(ev) = ev else { break };
-                View::apply_event(&mut view.allocations, ev);
+                if view.allocation_event(ev) {
+                    programmer.resync();
+                }
                 dirty = true;
             }
             ev = regs_watch.next() => {
                 let Some(ev) = ev else { break };
-                View::apply_event(&mut view.registrations, ev);
+                if view.registration_event(ev) {
+                    programmer.resync();
+                }
                 dirty = true;
+            }
+            changed = containers.changed(), if containers_open => {
+                match changed {
+                    Ok(()) => {
+                        view.dirty.embassy = true;
+                        dirty = true;
+                    }
+                    // NB: the reconciler is gone; the last containers it published stay.
+                    Err(_) => containers_open = false,
+                }
             }
             _ = tick.tick() => {
                 if let Err(e) = datapath.table.collect_retired(GRACE) {
                     tracing::warn!(error = %e, "collecting retired backend sets");
                 }
+                if retry_at.is_some_and(|at| Instant::now() >= at) {
+                    dirty = true;
+                }
             }
             _ = stop.changed() => break,
         }
         if dirty {
-            // Let a burst of changes land before programming once.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Take whatever else is already queued, so a burst is programmed once.
+            while let Some(ev) = allocs_watch.next_within(Duration::ZERO).await {
+                if view.allocation_event(ev) {
+                    programmer.resync();
+                }
+            }
+            while let Some(ev) = regs_watch.next_within(Duration::ZERO).await {
+                if view.registration_event(ev) {
+                    programmer.resync();
+                }
+            }
         }
     }
     Ok(datapath)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership() {
+        let p =
+            Programmer::new("127.0.0.1".parse().unwrap(), PortRange { first: 20000, last: 29999 });
+        let f =
+            |addr: &str, netns| Frontend { addr: addr.parse().unwrap(), proto: Proto::Tcp, netns };
+        assert!(p.owns(&f("127.0.0.1:20001", 0)));
+        assert!(!p.owns(&f("127.0.0.1:6379", 0)), "outside the range: made by hand");
+        assert!(!p.owns(&f("10.0.0.1:20001", 0)));
+        assert!(p.owns(&f("127.0.0.1:6379", 42)), "embassy");
+        assert!(!p.owns(&f("10.0.0.1:6379", 42)));
+    }
+
+    #[test]
+    fn names_fit_the_table() {
+        assert_eq!(fit_name("short"), "short");
+        let long = "é".repeat(40);
+        let fitted = fit_name(&long);
+        assert!(fitted.len() <= viking_common::SERVICE_NAME_LEN);
+        assert!(long.starts_with(&fitted));
+    }
+
+    #[test]
+    fn allocations_match_registrations_by_service_and_port() {
+        let mut e = Endpoints::default();
+        for (key, ip) in [
+            ("/services/prod/shared_mongo/27017/40000/a", "10.0.0.1"),
+            ("/services/dev/shared_mongo/27017/40001/b", "10.0.0.2"),
+            ("/services/prod/shared_mongo/28017/40002/c", "10.0.0.3"),
+            ("/services/prod/other/27017/40003/d", "10.0.0.4"),
+        ] {
+            let v = format!(r#"{{"ipaddress": "{ip}", "host_port": 1}}"#);
+            e.insert(Endpoint::parse(key, v.as_bytes()).unwrap());
+        }
+        let a =
+            PortAllocation { service: "shared_mongo".into(), port: 27017, ambassador_port: 20000 };
+        let specs = desired(&[a], &e, "127.0.0.1".parse().unwrap(), Algo::Random);
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].backends.len(), 2);
+        e.remove("/services/prod/shared_mongo/27017/40000/a");
+        assert_eq!(e.of_service("shared_mongo").count(), 2);
+        assert_eq!(e.len(), 3);
+    }
 }

@@ -14,6 +14,7 @@
 //! latency with 1 to 100k services (viking against as many iptables rules), and the time to
 //! program 10k services of 4 backends. Speed is reported only as ratios within one run.
 pub mod client;
+pub mod discovery;
 pub mod hooks;
 pub mod report;
 pub mod server;
@@ -104,7 +105,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Turns SIGINT, SIGTERM and SIGHUP into an error at the next measurement, so that the Drop
 /// guards remove the namespaces, cgroups, pins and processes. Call before any thread starts:
 /// threads inherit the blocked mask (and std resets it in spawned commands).
-fn catch_interrupts() -> anyhow::Result<()> {
+pub(crate) fn catch_interrupts() -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {

@@ -1,6 +1,7 @@
 //! Viking's benchmarks (docs/benchmarks.md). Run through `cargo xtask bench datapath`, as root.
 //!
 //!   vk-bench datapath [--json FILE] [--quick]   the whole benchmark (viking_tests::bench)
+//!   vk-bench discovery [--json FILE] [--quick]  store change -> datapath (bench::discovery)
 //!   vk-bench cps ADDR SECS THREADS               connection loop; prints one JSON line
 //!   vk-bench latency ADDR SAMPLES                connect() timings; prints one JSON line
 //!
@@ -12,6 +13,7 @@ use anyhow::{bail, Context as _};
 use viking_tests::bench::{self, client};
 
 const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--quick]
+       vk-bench discovery [--json FILE] [--quick]
        vk-bench cps ADDR SECS THREADS
        vk-bench latency ADDR SAMPLES";
 
@@ -43,6 +45,20 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                 }
             }
             bench::run(&opts)
+        }
+        Some("discovery") => {
+            let mut opts = bench::discovery::Options::default();
+            let mut rest = args[1..].iter();
+            while let Some(a) = rest.next() {
+                match a.as_str() {
+                    "--quick" => opts.quick = true,
+                    "--json" => {
+                        opts.json = Some(PathBuf::from(rest.next().context("--json needs a FILE")?))
+                    }
+                    other => bail!("unknown argument {other:?}\n{USAGE}"),
+                }
+            }
+            bench::discovery::run(&opts)
         }
         Some("cps") => {
             let addr: SocketAddr = arg(1, "ADDR")?.parse().context("ADDR")?;
