@@ -213,3 +213,58 @@ async fn viking_run_pipes_stdin_through_a_job_on_a_single_embedded_host() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HI\n");
 }
+
+#[tokio::test]
+async fn a_backend_descriptor_reaches_tagged_instances_inside_its_container_only() {
+    // Embassy mode through the agent: `app` asks for `db_redis[prod]` on its own 127.0.0.1:6379;
+    // only the redis instances with the `prod` tag answer it.
+    let c = Cluster::start(2).await;
+    let redis = |name: &str, tags: &str| {
+        format!(
+            "{name}:\n  type: job\n  command: redis-server --port 6379 --save '' --appendonly no --protected-mode no\n  ports:\n    - 6379\n  tags: [{tags}]\n  scale: 2\n"
+        )
+    };
+    c.deploy("db", &(redis("redis", "prod") + &redis("spare", "dev"))).await;
+    c.wait_ps("4 redis running", |r| all_running(r, 4)).await;
+    let app = "app:\n  type: job\n  env:\n    BACKEND_REDIS: db_redis[prod];6379/tcp\n    BACKEND_BAD: 'no port here'\n  command: while true; do redis-cli -p 6379 info server | grep tcp_port; redis-cli -p 6379 set seen $VIKING_INSTANCE > /dev/null; sleep 0.3; done\n  daemonize: true\n";
+    c.deploy("front", app).await;
+    let ps = c.wait_ps("app running", |r| all_running(r, 5)).await;
+    let host = c.host(&rows(&ps, "front", "app")[0].host);
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = host.agent.instance_log("front_app_0");
+        if log.matches("tcp_port:6379").count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        log.matches("tcp_port:6379").count() >= 3,
+        "app reached redis on 127.0.0.1:6379:\n{log}"
+    );
+    // Which redis instances app wrote to: only the prod ones (db_redis), never db_spare.
+    let probe = |r: &PsRow| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &c.host(&r.host).ns.name, "redis-cli", "-h"])
+            .arg(r.address.expect("address").to_string())
+            .args(["-p", "6379", "get", "seen"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for _ in 0..50 {
+        if rows(&ps, "db", "redis").iter().all(|r| probe(r) == "front_app_0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for r in rows(&ps, "db", "redis") {
+        assert_eq!(probe(r), "front_app_0", "prod instance {} was used", r.index);
+    }
+    for r in rows(&ps, "db", "spare") {
+        assert_eq!(probe(r), "", "dev instance {} was never used", r.index);
+    }
+    // The bad descriptor is reported with the variable's name; the good one works anyway.
+    let agent_log = host.agent.log();
+    assert!(agent_log.contains("BACKEND_BAD"), "{agent_log}");
+}
