@@ -133,7 +133,7 @@ impl Default for Cgroup {
 }
 
 /// Removes a cgroup and the cgroups below it, deepest first.
-fn remove_cgroup_tree(path: &Path) {
+pub fn remove_cgroup_tree(path: &Path) {
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {

@@ -61,22 +61,6 @@ impl V1Parents {
     }
 }
 
-fn remove_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&e.path());
-            }
-        }
-    }
-    for _ in 0..50 {
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Drop for V1Parents {
     fn drop(&mut self) {
         if self.relative.is_empty() {
@@ -86,7 +70,7 @@ impl Drop for V1Parents {
         for line in mounts.lines() {
             let mut f = line.split_whitespace();
             if let (Some(_), Some(dst), Some("cgroup")) = (f.next(), f.next(), f.next()) {
-                remove_tree(&Path::new(dst).join(&self.relative));
+                viking_tests::guards::remove_cgroup_tree(&Path::new(dst).join(&self.relative));
             }
         }
     }
