@@ -49,7 +49,7 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, i32> {
         // The reverse translation is no longer needed: free its LRU slot now rather than
         // letting closed sockets push live ones out.
         let key = RevNatKey { cookie, addr: tracked.addr, port: tracked.port, _pad: [0; 6] };
-        let _ = REVNAT.remove(&key);
+        let _ = REVNAT.remove(key);
         SOCK_BACKEND.remove(cookie)?;
     }
     Ok(1)
