@@ -1,12 +1,14 @@
 //! Real etcd for the store tests: one member or a cluster of several, each a `/usr/bin/etcd`
 //! process on 127.0.0.1 with free ports and its own data directory, killed by PID and removed
 //! on drop. Also the embedded store's directory guard and the harness that runs each store
-//! test against both stores (`store_tests!`).
+//! test against both stores (`store_tests!`), and an etcd with mutual TLS (`Etcd::start_tls`,
+//! certificates from the `openssl` CLI in a temp dir: `Pki`).
 use std::{
     fs::File,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -53,6 +55,131 @@ impl Drop for TempDir {
     }
 }
 
+/// Certificates for an etcd with mutual TLS, made by the `openssl` CLI (EC P-256, valid two
+/// days) in a temp dir removed on drop: a CA, a server certificate for 127.0.0.1/localhost, a
+/// client certificate it signed, and a second CA (with a client certificate of its own) that
+/// signed nothing the server trusts.
+pub struct Pki {
+    pub dir: TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A CA that did not sign the server's certificate.
+    pub other_ca: PathBuf,
+    /// A client certificate and key signed by `other_ca`.
+    pub other_cert: PathBuf,
+    pub other_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = TempDir::new("vk-pki-");
+        let d = &dir.path;
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ca = |name: &str| {
+            let mut args = vec!["req", "-x509", "-days", "2"];
+            args.extend(ec);
+            let (key, pem, subj) =
+                (format!("{name}.key"), format!("{name}.pem"), format!("/CN=viking test {name}"));
+            args.extend(["-keyout", &key, "-out", &pem, "-subj", &subj]);
+            args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            openssl(d, &args);
+        };
+        // `leaf` signed by `ca`, with the extensions in `ext`.
+        let leaf = |name: &str, ca: &str, cn: &str, ext: &str| {
+            let ext_file = format!("{name}.ext");
+            std::fs::write(d.join(&ext_file), ext).expect("write openssl extensions");
+            let (key, csr, pem) =
+                (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+            let subj = format!("/CN={cn}");
+            let mut args = vec!["req"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            openssl(d, &args);
+            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+            let mut args = vec!["x509", "-req", "-in", &csr, "-out", &pem, "-days", "2"];
+            args.extend(["-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial"]);
+            args.extend(["-extfile", &ext_file]);
+            openssl(d, &args);
+        };
+        let basic = "basicConstraints=critical,CA:FALSE\n\
+                     keyUsage=critical,digitalSignature,keyEncipherment\n";
+        ca("ca");
+        ca("other-ca");
+        // NB: etcd's own gRPC gateway dials the server with the server certificate, so under
+        // --client-cert-auth it must be good for clientAuth too.
+        leaf(
+            "server",
+            "ca",
+            "127.0.0.1",
+            &format!(
+                "{basic}extendedKeyUsage=serverAuth,clientAuth\n\
+                 subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            ),
+        );
+        let client = format!("{basic}extendedKeyUsage=clientAuth\n");
+        leaf("client", "ca", "viking-test-client", &client);
+        leaf("other", "other-ca", "viking-test-stranger", &client);
+        Self {
+            ca: d.join("ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+            other_ca: d.join("other-ca.pem"),
+            other_cert: d.join("other.pem"),
+            other_key: d.join("other.key"),
+            dir,
+        }
+    }
+
+    /// Options that verify the server with `ca` and present the good client certificate.
+    pub fn client_options(&self) -> EtcdOptions {
+        EtcdOptions {
+            ca: Some(self.ca.clone()),
+            cert: Some(self.client_cert.clone()),
+            key: Some(self.client_key.clone()),
+            timeout: None,
+        }
+    }
+
+    /// `--etcd-ca .. --etcd-cert .. --etcd-key ..` for `viking` with the good client certificate.
+    pub fn cli_args(&self) -> Vec<String> {
+        [
+            ("--etcd-ca", &self.ca),
+            ("--etcd-cert", &self.client_cert),
+            ("--etcd-key", &self.client_key),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Ports nobody listens on now (held until the caller is ready to hand them to etcd).
 fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> =
@@ -70,6 +197,8 @@ pub struct Member {
     cluster: String,
     token: String,
     started_once: bool,
+    /// Serve clients over mutual TLS with these certificates.
+    tls: Option<Arc<Pki>>,
 }
 
 impl Member {
@@ -84,9 +213,19 @@ impl Member {
     fn spawn(&mut self) {
         let log = File::create(self.dir.path.join("etcd.log")).expect("etcd log");
         let data = self.dir.path.join("data");
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new("/usr/bin/etcd");
+        if let Some(pki) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&pki.server_cert)
+                .arg("--key-file")
+                .arg(&pki.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&pki.ca)
+                .arg("--client-cert-auth");
+        }
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -136,8 +275,18 @@ impl Etcd {
         Self::cluster(1).await
     }
 
+    /// One member serving clients over mutual TLS (`Pki`: its certificates, `options()`: a
+    /// client's), ready. Peers talk plain HTTP on loopback.
+    pub async fn start_tls() -> Self {
+        Self::cluster_with(1, Some(Arc::new(Pki::new()))).await
+    }
+
     /// `n` members, ready (a leader is elected).
     pub async fn cluster(n: usize) -> Self {
+        Self::cluster_with(n, None).await
+    }
+
+    async fn cluster_with(n: usize, tls: Option<Arc<Pki>>) -> Self {
         assert!(
             Path::new("/usr/bin/etcd").exists(),
             "/usr/bin/etcd missing: cargo xtask setup installs etcd-server"
@@ -159,6 +308,7 @@ impl Etcd {
                 cluster: cluster.clone(),
                 token: token.clone(),
                 started_once: false,
+                tls: tls.clone(),
             })
             .collect();
         for m in &mut members {
@@ -173,8 +323,7 @@ impl Etcd {
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let options =
-                EtcdOptions { timeout: Some(Duration::from_secs(1)), ..Default::default() };
+            let options = EtcdOptions { timeout: Some(Duration::from_secs(1)), ..self.options() };
             match EtcdStore::connect(&self.endpoints(), &options).await {
                 Ok(s) if s.revision().await.is_ok() => return,
                 Ok(_) => {}
@@ -188,22 +337,32 @@ impl Etcd {
         }
     }
 
-    /// `http://127.0.0.1:PORT` of every member (dead ones included).
-    pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://{}", m.endpoint())).collect()
+    /// The certificates, when the members serve TLS.
+    pub fn pki(&self) -> Option<&Pki> {
+        self.members.first().and_then(|m| m.tls.as_deref())
     }
 
-    /// The `--store` argument for this cluster.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS) of every member (dead ones included).
+    pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.pki().is_some() { "https" } else { "http" };
+        self.members.iter().map(|m| format!("{scheme}://{}", m.endpoint())).collect()
+    }
+
+    /// The `--store` argument for this cluster (`etcds://` with TLS).
     pub fn spec(&self) -> String {
         let eps: Vec<String> = self.members.iter().map(Member::endpoint).collect();
-        format!("etcd://{}", eps.join(","))
+        let scheme = if self.pki().is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://{}", eps.join(","))
+    }
+
+    /// How a client connects: with TLS, the CA and the good client certificate.
+    pub fn options(&self) -> EtcdOptions {
+        self.pki().map(Pki::client_options).unwrap_or_default()
     }
 
     /// A new client connection (its own gRPC channel).
     pub async fn store(&self) -> EtcdStore {
-        EtcdStore::connect(&self.endpoints(), &EtcdOptions::default())
-            .await
-            .expect("connect to etcd")
+        EtcdStore::connect(&self.endpoints(), &self.options()).await.expect("connect to etcd")
     }
 
     /// Kills member `i` (SIGKILL by PID).
@@ -223,10 +382,10 @@ impl Etcd {
             if m.child.is_none() {
                 continue;
             }
-            let options =
-                EtcdOptions { timeout: Some(Duration::from_secs(1)), ..Default::default() };
+            let options = EtcdOptions { timeout: Some(Duration::from_secs(1)), ..self.options() };
+            let scheme = if m.tls.is_some() { "https" } else { "http" };
             let Ok(store) =
-                EtcdStore::connect(&[format!("http://{}", m.endpoint())], &options).await
+                EtcdStore::connect(&[format!("{scheme}://{}", m.endpoint())], &options).await
             else {
                 continue;
             };

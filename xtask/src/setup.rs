@@ -28,6 +28,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "bpftool",
+    // The etcd TLS test makes its certificates with the openssl CLI.
+    "openssl",
 ];
 
 const STEPS: usize = 4;

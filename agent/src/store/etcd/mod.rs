@@ -105,8 +105,15 @@ impl EtcdStore {
             .collect::<Vec<_>>()
             .join(",")
             .into();
-        let unreachable =
-            |reason: String| StoreError::Unreachable { endpoints: shown.to_string(), reason };
+        let unreachable = |reason: String| {
+            // NB: with TLS the transport's own words ("connection closed", "UnknownIssuer")
+            // do not say which file is wrong; the hint does.
+            let reason = match tls.then(|| tls_hint(options, &reason)).flatten() {
+                Some(hint) => format!("{hint} ({reason})"),
+                None => reason,
+            };
+            StoreError::Unreachable { endpoints: shown.to_string(), reason }
+        };
         let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
@@ -211,6 +218,47 @@ fn tls_options(options: &EtcdOptions) -> std::result::Result<TlsOptions, String>
         _ => return Err("a client certificate needs its key and the other way round".into()),
     }
     Ok(tls)
+}
+
+/// What to do about a TLS connection that failed, from the transport's error. A member that
+/// refuses the client's certificate (or its absence) closes the connection or sends an alert,
+/// whichever the client sees first.
+fn tls_hint(options: &EtcdOptions, reason: &str) -> Option<String> {
+    let shown = |p: &Option<PathBuf>| p.as_ref().map_or("none".into(), |p| p.display().to_string());
+    if reason.contains("UnknownIssuer") {
+        Some(format!(
+            "TLS: the members' certificate is not signed by the CA given (--etcd-ca {})",
+            shown(&options.ca)
+        ))
+    } else if reason.contains("invalid peer certificate") {
+        Some(format!(
+            "TLS: the members' certificate was refused (wrong name or expired?) with --etcd-ca {}",
+            shown(&options.ca)
+        ))
+    } else if [
+        "connection closed",
+        "broken pipe",
+        "connection reset",
+        "CertificateRequired",
+        "BadCertificate",
+        "UnknownCA",
+    ]
+    .iter()
+    .any(|s| reason.contains(s))
+    {
+        Some(match &options.cert {
+            None => "TLS: the members refused the connection; they likely require a client \
+                     certificate: give --etcd-cert and --etcd-key"
+                .into(),
+            Some(cert) => format!(
+                "TLS: the members refused the connection; they likely do not trust the client \
+                 certificate --etcd-cert {} (it must be signed by a CA they trust)",
+                cert.display()
+            ),
+        })
+    } else {
+        None
+    }
 }
 
 fn compare(c: &Compare) -> ECompare {
