@@ -41,12 +41,8 @@ use crate::{
     guards::{BpfDir, Cgroup},
 };
 
-/// What `vk-bench discovery` was asked for.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    pub json: Option<PathBuf>,
-    pub quick: bool,
-}
+/// What `vk-bench discovery` was asked for (the same as the datapath benchmark).
+pub use super::Options;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -411,18 +407,13 @@ fn passes(
 
 impl DiscoveryReport {
     pub fn print(&self) {
-        let m = &self.machine;
-        println!();
-        println!(
-            "discovery benchmark, {} ({} CPUs, {}, {} GiB, kernel {}){}",
-            self.date,
-            m.cpus,
-            m.cpu_model,
-            m.memory_gib,
-            m.kernel,
-            if self.quick { ", --quick" } else { "" }
+        super::report::print_header(
+            "discovery",
+            &self.date,
+            &self.machine,
+            self.quick,
+            (&self.load_before, &self.load_after),
         );
-        println!("load average before: {}, after: {}", self.load_before, self.load_after);
         println!(
             "{} services, {} changes; the poller looked every {:.0} µs on average",
             self.plan.services, self.plan.changes, self.poll_period_us

@@ -229,19 +229,13 @@ impl Report {
     }
 
     pub fn print(&self) {
-        let m = &self.machine;
-        println!();
-        println!(
-            "{} benchmark, {} ({} CPUs, {}, {} GiB, kernel {}){}",
-            self.benchmark,
-            self.date,
-            m.cpus,
-            m.cpu_model,
-            m.memory_gib,
-            m.kernel,
-            if self.quick { ", --quick" } else { "" }
+        print_header(
+            &self.benchmark,
+            &self.date,
+            &self.machine,
+            self.quick,
+            (&self.load_before, &self.load_after),
         );
-        println!("load average before: {}, after: {}", self.load_before, self.load_after);
         println!();
         print!("{}", self.table());
         println!();
@@ -266,4 +260,19 @@ fn fmt_value(v: f64, unit: &str) -> String {
         "s" => format!("{v:.3}"),
         _ => format!("{v:.0}"),
     }
+}
+
+/// The lines every benchmark report starts with: what ran, when, where, and how loaded the
+/// machine was before and after.
+pub fn print_header(benchmark: &str, date: &str, m: &Machine, quick: bool, load: (&str, &str)) {
+    println!();
+    println!(
+        "{benchmark} benchmark, {date} ({} CPUs, {}, {} GiB, kernel {}){}",
+        m.cpus,
+        m.cpu_model,
+        m.memory_gib,
+        m.kernel,
+        if quick { ", --quick" } else { "" }
+    );
+    println!("load average before: {}, after: {}", load.0, load.1);
 }

@@ -32,7 +32,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         args.get(i).map(String::as_str).with_context(|| format!("missing {what}\n{USAGE}"))
     };
     match args.first().map(String::as_str) {
-        Some("datapath") => {
+        Some(which @ ("datapath" | "discovery")) => {
             let mut opts = bench::Options::default();
             let mut rest = args[1..].iter();
             while let Some(a) = rest.next() {
@@ -44,21 +44,11 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                     other => bail!("unknown argument {other:?}\n{USAGE}"),
                 }
             }
-            bench::run(&opts)
-        }
-        Some("discovery") => {
-            let mut opts = bench::discovery::Options::default();
-            let mut rest = args[1..].iter();
-            while let Some(a) = rest.next() {
-                match a.as_str() {
-                    "--quick" => opts.quick = true,
-                    "--json" => {
-                        opts.json = Some(PathBuf::from(rest.next().context("--json needs a FILE")?))
-                    }
-                    other => bail!("unknown argument {other:?}\n{USAGE}"),
-                }
+            if which == "datapath" {
+                bench::run(&opts)
+            } else {
+                bench::discovery::run(&opts)
             }
-            bench::discovery::run(&opts)
         }
         Some("cps") => {
             let addr: SocketAddr = arg(1, "ADDR")?.parse().context("ADDR")?;
