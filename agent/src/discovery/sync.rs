@@ -576,12 +576,12 @@ pub async fn run<S: Store>(
         }
         if dirty {
             // Take whatever else is already queued, so a burst is programmed once.
-            while let Some(ev) = allocs_watch.next_within(Duration::ZERO).await {
+            while let Some(ev) = allocs_watch.try_next() {
                 if view.allocation_event(ev) {
                     programmer.resync();
                 }
             }
-            while let Some(ev) = regs_watch.next_within(Duration::ZERO).await {
+            while let Some(ev) = regs_watch.try_next() {
                 if view.registration_event(ev) {
                     programmer.resync();
                 }

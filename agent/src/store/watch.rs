@@ -25,6 +25,12 @@ impl Watch {
     }
 
     /// The next event if one comes within `wait`.
+    /// The next event if one is already queued; never waits (a zero `next_within` would wait
+    /// for the timer's next tick, about a millisecond).
+    pub fn try_next(&mut self) -> Option<WatchEvent> {
+        self.rx.try_recv().ok()
+    }
+
     pub async fn next_within(&mut self, wait: Duration) -> Option<WatchEvent> {
         tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
     }
