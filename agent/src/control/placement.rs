@@ -65,8 +65,15 @@ impl<S: Store> Placer<S> {
         let procs = self.store.list(keys::PROC).await?;
         let mut current: BTreeMap<InstanceId, String> = BTreeMap::new();
         let mut existing: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        // Addresses instances already have (kept when they move; asked for only when new).
+        let mut addresses: BTreeMap<String, std::net::IpAddr> = BTreeMap::new();
         for kv in &procs.kvs {
             if let Some((host, stack, job, index)) = keys::parse_instance(keys::PROC, &kv.key) {
+                if let Ok(Intent { spec: InstanceSpec { address: Some(a), .. }, .. }) =
+                    serde_json::from_slice::<Intent>(&kv.value)
+                {
+                    addresses.insert(instance_name(&stack, &job, index), a);
+                }
                 current.insert((stack, job, index), host);
                 existing.insert(kv.key.clone(), kv.value.clone());
             }
@@ -124,7 +131,9 @@ impl<S: Store> Placer<S> {
                 Placement::Host(host) => {
                     pass.placed += 1;
                     let name = instance_name(stack, job_name, *index);
-                    let address = if self.assign_addresses {
+                    let address = if let Some(a) = addresses.get(&name) {
+                        Some(*a)
+                    } else if self.assign_addresses {
                         let total: u64 = deployed.stack(stack).map(|j| u64::from(j.scale)).sum();
                         self.addresses.subnet(stack, total).await?;
                         Some(std::net::IpAddr::V4(self.addresses.address(stack, &name).await?))
