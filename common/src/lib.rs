@@ -20,8 +20,9 @@ pub mod maps {
     pub const REVNAT: &str = "REVNAT";
     pub const SOCK_BACKEND: &str = "SOCK_BACKEND";
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
+    pub const SCOPED: &str = "SCOPED";
     /// Every map whose contents must survive an agent restart.
-    pub const PINNED: [&str; 9] = [
+    pub const PINNED: [&str; 10] = [
         SERVICES,
         BACKENDS,
         BACKEND_ACTIVE,
@@ -31,6 +32,7 @@ pub mod maps {
         REVNAT,
         SOCK_BACKEND,
         SERVICE_NAMES,
+        SCOPED,
     ];
 }
 

@@ -5,7 +5,9 @@ use viking_common::{
     LEAST_CONN_SCAN,
 };
 
-use crate::maps::{BACKENDS, BACKEND_ACTIVE, BACKEND_TOTAL, RR_STATE, SERVICES, SERVICE_STATS};
+use crate::maps::{
+    BACKENDS, BACKEND_ACTIVE, BACKEND_TOTAL, RR_STATE, SCOPED, SERVICES, SERVICE_STATS,
+};
 
 /// What the service table says about a destination.
 pub enum Verdict {
@@ -17,15 +19,26 @@ pub enum Verdict {
     Backend { service: u32, backend: Backend },
 }
 
-/// Looks the destination up, first as a service of the caller's network namespace, then as a
-/// service of every namespace, and picks a backend.
+/// Looks the destination up, first as a service of the caller's network namespace (only while
+/// any netns-scoped service exists: `netns` is asked only then), then as a service of every
+/// namespace, and picks a backend.
 #[inline(always)]
-pub fn select(addr: Addr, port: u16, proto: u8, netns: u64, v4_only: bool) -> Verdict {
-    let mut key = ServiceKey { addr, port, proto, _pad: [0; 5], netns };
-    // SAFETY: the value is copied out at once; SERVICES is not preallocated (see maps.rs).
-    let mut svc: Option<ServiceValue> = unsafe { SERVICES.get(key) }.copied();
-    if svc.is_none() && netns != 0 {
+pub fn select(
+    addr: Addr,
+    port: u16,
+    proto: u8,
+    netns: impl FnOnce() -> u64,
+    v4_only: bool,
+) -> Verdict {
+    let mut key = ServiceKey { addr, port, proto, _pad: [0; 5], netns: 0 };
+    let mut svc: Option<ServiceValue> = None;
+    if SCOPED.get(0).is_some_and(|n| *n != 0) {
+        key.netns = netns();
+        // SAFETY: the value is copied out at once; SERVICES is not preallocated (see maps.rs).
+        svc = unsafe { SERVICES.get(key) }.copied();
         key.netns = 0;
+    }
+    if svc.is_none() {
         svc = unsafe { SERVICES.get(key) }.copied();
     }
     let Some(svc) = svc else {

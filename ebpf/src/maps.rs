@@ -46,6 +46,11 @@ pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_ent
 pub static SOCK_BACKEND: HashMap<u64, SockBackend> =
     HashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
 
+/// Index 0: how many services are scoped to one network namespace. While it is 0, a connect
+/// makes one SERVICES lookup instead of two.
+#[map]
+pub static SCOPED: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Service names for `viking services`, written by the agent, never read by the programs.
 #[map]
 pub static SERVICE_NAMES: HashMap<u32, [u8; SERVICE_NAME_LEN]> =

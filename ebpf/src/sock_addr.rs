@@ -67,8 +67,8 @@ pub fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let (addr, port) = read(ctx, family);
-    // SAFETY: helpers given the program's own context.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: helper given the program's own context.
+    let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     match select(addr, port, proto, netns, family == Family::V4) {
         Verdict::Pass => Ok(ALLOW),
         Verdict::Refuse(service) => {
@@ -106,7 +106,8 @@ pub fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let (addr, port) = read(ctx, family);
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: helper given the program's own context.
+    let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     match select(addr, port, PROTO_UDP, netns, family == Family::V4) {
         Verdict::Pass => Ok(ALLOW),
         Verdict::Refuse(service) => {

@@ -1,7 +1,7 @@
 //! Changing a service's backends while traffic flows.
-use std::collections::HashSet;
+use std::{collections::HashSet, net::SocketAddr};
 
-use viking::datapath::{Algo, Proto};
+use viking::datapath::{Algo, DatapathError, Frontend, Proto, ServiceSpec};
 use viking_tests::{
     probe::Summary,
     topo::{finish, read_until_ready, Topo},
@@ -58,4 +58,51 @@ fn connects_never_fail_while_the_backend_set_is_replaced() {
     let summary: Summary = finish(looper);
     assert!(summary.ok > 0);
     assert_eq!(summary.failed, 0, "a connect saw a half-written set: {:?}", summary.errors);
+}
+
+/// `n` made-up backends (never connected to): 10.<k>.<i/256>.<i%256>:9000.
+fn fake_backends(k: u8, n: usize) -> Vec<SocketAddr> {
+    (0..n).map(|i| SocketAddr::from(([10, k, (i / 256) as u8, (i % 256) as u8], 9000))).collect()
+}
+
+fn spec(name: &str, frontend: &str, backends: Vec<SocketAddr>) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_owned(),
+        frontend: Frontend {
+            addr: frontend.parse().expect("frontend"),
+            proto: Proto::Tcp,
+            netns: 0,
+        },
+        algo: Algo::RoundRobin,
+        backends,
+    }
+}
+
+#[test]
+fn a_failed_update_leaves_the_service_and_the_id_space_as_they_were() {
+    let mut t = Topo::new();
+    let b = t.tcp_backends(8000);
+    t.service("127.0.0.1:7203", Proto::Tcp, Algo::RoundRobin, &[b[0].addr]);
+    // Backend ids: 65,535 in all. 1 + 63 x 1,024 in use leaves 1,022 free.
+    for k in 0..63u8 {
+        let filler =
+            spec(&format!("filler-{k}"), &format!("127.0.1.{k}:80"), fake_backends(k, 1024));
+        t.table().upsert(&filler).expect("filler");
+    }
+
+    // An update that needs 1,024 new backend ids fails part way...
+    let update = spec("svc-127.0.0.1:7203", "127.0.0.1:7203", fake_backends(100, 1024));
+    match t.table().upsert(&update) {
+        Err(DatapathError::IdsExhausted("backend")) => {}
+        other => panic!("expected the backend id space to run out, got {other:?}"),
+    }
+    // ...and the service still has its old backend, for listing and for connects.
+    let list = t.table().list().expect("list");
+    let svc = list.iter().find(|s| s.name == "svc-127.0.0.1:7203").expect("service kept");
+    assert_eq!(svc.backends.iter().map(|b| b.addr).collect::<Vec<_>>(), vec![b[0].addr]);
+    assert_eq!(backends_seen(&t, "127.0.0.1:7203", 5), HashSet::from(["b1".to_owned()]));
+
+    // Nothing it took is lost: the 1,022 free ids are all still there.
+    t.table().upsert(&spec("last", "127.0.2.1:80", fake_backends(101, 1022))).expect("ids leaked");
+    assert_eq!(t.table().list().expect("list").len(), 65);
 }

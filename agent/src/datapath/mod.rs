@@ -63,6 +63,7 @@ impl Datapath {
         programs::attach_all(&mut ebpf, &config.cgroup, &links)?;
         let mut table = ServiceTable::open(&maps)?;
         let orphans = table.collect_orphans()?;
+        table.repair_scoped_count()?;
         tracing::info!(
             cgroup = %config.cgroup.display(),
             bpffs = %config.bpffs.display(),

@@ -70,6 +70,16 @@ pub struct BackendStatus {
     pub total: u64,
 }
 
+/// What a `write` has taken so far: undone by `roll_back` when it fails.
+#[derive(Default)]
+struct Fresh {
+    service: Option<u32>,
+    set: Option<u32>,
+    backend_ids: Vec<u32>,
+    /// Slots `0..slots` of `set` may have been written.
+    slots: u32,
+}
+
 /// Typed access to the pinned service maps of one agent.
 pub struct ServiceTable {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -79,6 +89,9 @@ pub struct ServiceTable {
     stats: PerCpuArray<MapData, ServiceStats>,
     rr: PerCpuArray<MapData, u32>,
     names: HashMap<MapData, u32, [u8; SERVICE_NAME_LEN]>,
+    scoped: Array<MapData, u32>,
+    /// Services keyed by a netns cookie, as last written to `scoped`.
+    scoped_count: u32,
     service_ids: IdPool,
     set_ids: IdPool,
     backend_ids: IdPool,
@@ -97,11 +110,14 @@ impl ServiceTable {
             open_map(dir, maps::BACKENDS)?.try_into().map_err(op(maps::BACKENDS))?;
         let mut service_used = Vec::new();
         let mut set_used = Vec::new();
+        let mut scoped_count = 0;
         for entry in services.iter() {
-            let (_, v) = entry.map_err(op(maps::SERVICES))?;
+            let (k, v) = entry.map_err(op(maps::SERVICES))?;
             service_used.push(v.id);
             set_used.push(v.set);
+            scoped_count += u32::from(k.netns != 0);
         }
+        let scoped = open_map(dir, maps::SCOPED)?.try_into().map_err(op(maps::SCOPED))?;
         let mut backend_used = Vec::new();
         for entry in backends.iter() {
             let (k, v) = entry.map_err(op(maps::BACKENDS))?;
@@ -124,6 +140,8 @@ impl ServiceTable {
             names: open_map(dir, maps::SERVICE_NAMES)?
                 .try_into()
                 .map_err(op(maps::SERVICE_NAMES))?,
+            scoped,
+            scoped_count,
             service_ids: IdPool::with_used("service", MAX_SERVICES, service_used),
             // Two sets per service at most: the live one and the one being replaced.
             set_ids: IdPool::with_used("backend set", 2 * MAX_SERVICES + 2, set_used),
@@ -154,6 +172,12 @@ impl ServiceTable {
         Ok(orphans.len())
     }
 
+    /// Writes the count of netns-scoped services the programs read, as recounted by `open`:
+    /// the agent does it once at start (a map pinned by an older agent may lack the count).
+    pub fn repair_scoped_count(&mut self) -> Result<()> {
+        self.set_scoped(self.scoped_count)
+    }
+
     /// Installs or replaces a service and its whole backend set. A spec equal to what is
     /// installed changes nothing.
     pub fn upsert(&mut self, spec: &ServiceSpec) -> Result<()> {
@@ -181,10 +205,30 @@ impl ServiceTable {
             }
         }
 
+        let mut fresh = Fresh::default();
+        let result = self.write(spec, key, existing, &old_backends, &mut fresh);
+        if result.is_err() {
+            self.roll_back(fresh);
+        }
+        result
+    }
+
+    /// The writing half of `upsert`: every id it takes and every slot it writes is noted in
+    /// `fresh`, so that a failure part way can be undone.
+    fn write(
+        &mut self,
+        spec: &ServiceSpec,
+        key: ServiceKey,
+        existing: Option<ServiceValue>,
+        old_backends: &[Backend],
+        fresh: &mut Fresh,
+    ) -> Result<()> {
+        let name = name_bytes(&spec.name)?;
         let id = match existing {
             Some(v) => v.id,
             None => {
                 let id = self.service_ids.alloc().ok_or(DatapathError::IdsExhausted("service"))?;
+                fresh.service = Some(id);
                 self.reset_service_counters(id)?;
                 id
             }
@@ -192,17 +236,21 @@ impl ServiceTable {
         let mut keep: StdHashMap<SocketAddr, u32> =
             old_backends.iter().map(|b| (backend_addr(b), b.id)).collect();
         let set = self.set_ids.alloc().ok_or(DatapathError::IdsExhausted("backend set"))?;
-        let mut written = Vec::with_capacity(spec.backends.len());
+        fresh.set = Some(set);
         for (slot, addr) in spec.backends.iter().enumerate() {
             let bid = match keep.remove(addr) {
                 Some(bid) => bid,
-                None => self.new_backend_id()?,
+                None => {
+                    let bid = self.new_backend_id()?;
+                    fresh.backend_ids.push(bid);
+                    bid
+                }
             };
             let backend =
                 Backend { addr: to_addr(addr.ip()), port: to_port(addr.port()), _pad: 0, id: bid };
             let bkey = BackendKey { set, slot: slot as u32 };
+            fresh.slots += 1;
             self.backends.insert(bkey, backend, 0).map_err(op(maps::BACKENDS))?;
-            written.push(bkey);
         }
         let value = ServiceValue {
             id,
@@ -211,8 +259,20 @@ impl ServiceTable {
             algo: spec.algo.number(),
             _pad: [0; 3],
         };
-        self.services.insert(key, value, 0).map_err(op(maps::SERVICES))?;
-        self.names.insert(id, name_bytes(&spec.name)?, 0).map_err(op(maps::SERVICE_NAMES))?;
+        self.names.insert(id, name, 0).map_err(op(maps::SERVICE_NAMES))?;
+        let new_scoped = existing.is_none() && key.netns != 0;
+        if new_scoped {
+            // Counted before the entry exists, so no connect misses it.
+            self.set_scoped(self.scoped_count + 1)?;
+        }
+        // NB: the commit point. Before it readers see only the old entry; after it, nothing
+        // below can fail.
+        if let Err(e) = self.services.insert(key, value, 0) {
+            if new_scoped {
+                self.set_scoped(self.scoped_count - 1)?;
+            }
+            return Err(op(maps::SERVICES)(e));
+        }
         if let Some(old) = existing {
             self.retired.push((Instant::now(), old.set, old.count));
         }
@@ -220,6 +280,26 @@ impl ServiceTable {
             self.backend_ids.release(bid);
         }
         Ok(())
+    }
+
+    /// Undoes a `write` that failed before its commit point: the maps and the id pools are
+    /// as they were (best effort on the maps: the failure may be the kernel's).
+    fn roll_back(&mut self, fresh: Fresh) {
+        if let Some(set) = fresh.set {
+            for slot in 0..fresh.slots {
+                if let Err(e) = self.backends.remove(&BackendKey { set, slot }) {
+                    tracing::warn!(set, slot, error = %e, "rolling back a failed upsert");
+                }
+            }
+            self.set_ids.release(set);
+        }
+        for bid in fresh.backend_ids {
+            self.backend_ids.release(bid);
+        }
+        if let Some(id) = fresh.service {
+            let _ = self.names.remove(&id);
+            self.service_ids.release(id);
+        }
     }
 
     /// Removes a service; connections already made keep going. Returns whether it existed.
@@ -231,10 +311,14 @@ impl ServiceTable {
             Err(MapError::KeyNotFound) => return Ok(false),
             Err(e) => return Err(op(maps::SERVICES)(e)),
         };
-        for b in self.read_set(old.set, old.count)? {
+        let backends = self.read_set(old.set, old.count)?;
+        self.services.remove(&key).map_err(op(maps::SERVICES))?;
+        for b in backends {
             self.backend_ids.release(b.id);
         }
-        self.services.remove(&key).map_err(op(maps::SERVICES))?;
+        if key.netns != 0 {
+            self.set_scoped(self.scoped_count.saturating_sub(1))?;
+        }
         match self.names.remove(&old.id) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(op(maps::SERVICE_NAMES)(e)),
@@ -352,6 +436,12 @@ impl ServiceTable {
         let zeros = per_cpu(0u64, self.ncpus, maps::BACKEND_TOTAL)?;
         self.total.set(bid, zeros, 0).map_err(op(maps::BACKEND_TOTAL))?;
         Ok(bid)
+    }
+
+    fn set_scoped(&mut self, n: u32) -> Result<()> {
+        self.scoped.set(0, n, 0).map_err(op(maps::SCOPED))?;
+        self.scoped_count = n;
+        Ok(())
     }
 
     fn reset_service_counters(&mut self, id: u32) -> Result<()> {
