@@ -73,14 +73,14 @@ fn registration(id: &str, ip: &str, tags: &[&str]) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Which redis answers `GET name` at 127.0.0.1:`port`, over `n` new connections made from
+/// Which redis answers `GET name` at `host`:`port`, over `n` new connections made from
 /// `ns` inside `cgroup` ("refused" when nothing does).
-fn who(ns: &NetNs, cgroup: &Cgroup, port: u16, n: usize) -> BTreeSet<String> {
+fn who(ns: &NetNs, cgroup: &Cgroup, host: &str, port: u16, n: usize) -> BTreeSet<String> {
     (0..n)
         .map(|_| {
             let out = ns
                 .command("redis-cli", Some(cgroup))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "get", "name"])
+                .args(["-h", host, "-p", &port.to_string(), "get", "name"])
                 .stdin(Stdio::null())
                 .output()
                 .expect("redis-cli");
@@ -104,17 +104,21 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 /// Asks until the answer is `want` (the loop programs the change within milliseconds; the
 /// limit is generous for a loaded machine).
 async fn until(ns: &NetNs, cgroup: &Cgroup, port: u16, want: &[&str]) {
+    until_at(ns, cgroup, "127.0.0.1", port, want).await;
+}
+
+async fn until_at(ns: &NetNs, cgroup: &Cgroup, host: &str, port: u16, want: &[&str]) {
     let want = set(want);
     let mut got = BTreeSet::new();
     for _ in 0..100 {
         // Round robin over at most 3 backends: 6 connections see each of them twice.
-        got = tokio::task::block_in_place(|| who(ns, cgroup, port, 6));
+        got = tokio::task::block_in_place(|| who(ns, cgroup, host, port, 6));
         if got == want {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("127.0.0.1:{port} in {}: wanted {want:?}, got {got:?}", ns.name);
+    panic!("{host}:{port} in {}: wanted {want:?}, got {got:?}", ns.name);
 }
 
 /// The netns-scoped entries of `cookie` in the table: port -> backend count.
@@ -214,6 +218,8 @@ async fn backend_descriptors_reach_tagged_registrations_in_their_own_netns_only(
     // Only the prod-tagged ones; the bad descriptor next to them changes nothing.
     until(&container, &cgroup, 6379, &["prod-1", "prod-2"]).await;
     until(&container, &cgroup, 6380, &["prod-2"]).await;
+    // A client that resolves localhost to ::1 reaches the same backends.
+    until_at(&container, &cgroup, "::1", 6379, &["prod-1", "prod-2"]).await;
     assert_eq!(scoped(&table, cookie), BTreeMap::from([(6379, 2), (6380, 1)]));
     // The same address from another namespace in the same cgroup is not redirected.
     until(&other, &cgroup, 6379, &["local"]).await;
@@ -247,6 +253,7 @@ async fn backend_descriptors_reach_tagged_registrations_in_their_own_netns_only(
     containers_tx.send_replace(Containers::new());
     until(&container, &cgroup, 6379, &["refused"]).await;
     until(&container, &cgroup, 6380, &["refused"]).await;
+    until_at(&container, &cgroup, "::1", 6379, &["refused"]).await;
     assert!(scoped(&table, cookie).is_empty());
     assert!(table.get(&by_hand.frontend).unwrap().is_some());
     until(&other, &cgroup, 6379, &["local"]).await;

@@ -1,5 +1,6 @@
 //! Embassy mode (seeds 002 and 004): `BACKEND_*` variables of a running container become
-//! services at `127.0.0.1:<port>` scoped to that container's network namespace.
+//! services at `127.0.0.1:<port>` and `[::1]:<port>` scoped to that container's network
+//! namespace.
 //!
 //! `BACKEND_REDIS=redis.master[prod];6379/tcp` in container C gives C (and only the sockets
 //! of C's network namespace) `127.0.0.1:6379/tcp`, balanced over the registrations of
@@ -7,11 +8,12 @@
 //! (address, port, protocol, netns cookie) first and by netns 0 second, so a container's own
 //! descriptor wins over a global service on the same address and port.
 //!
-//! Only IPv4 `127.0.0.1` is programmed (what the seeds' "localhost:6379" means to nearly every
-//! client); registrations with IPv6 addresses are not backends of it.
+//! "localhost:6379" resolves to `127.0.0.1` or `::1` depending on the client, so both are
+//! served, with the same backends. Backends are the IPv4 registrations only: a v6 socket
+//! reaches them at their v4-mapped address, a v4 socket could not reach a v6 one.
 use std::{
     collections::{btree_map::Entry, BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use super::{descriptor::Descriptor, sync::Endpoints};
@@ -19,6 +21,13 @@ use crate::datapath::{Algo, Frontend, ServiceSpec};
 
 /// The address a container's descriptors are served on, inside its own network namespace.
 pub const EMBASSY_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// The same, for clients that resolve localhost to IPv6.
+pub const EMBASSY_ADDR6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+/// Whether `ip` is one of the addresses embassy serves on.
+pub fn is_embassy_addr(ip: IpAddr) -> bool {
+    ip == EMBASSY_ADDR || ip == EMBASSY_ADDR6
+}
 
 /// A running container (docker or exec instance) as embassy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +124,16 @@ pub fn desired(
             }
         }
     }
-    (held.into_values().map(|(_, _, s)| s).collect(), problems)
+    let v4: Vec<ServiceSpec> = held.into_values().map(|(_, _, s)| s).collect();
+    let v6: Vec<ServiceSpec> = v4
+        .iter()
+        .map(|s| {
+            let mut s6 = s.clone();
+            s6.frontend.addr = SocketAddr::new(EMBASSY_ADDR6, s.frontend.addr.port());
+            s6
+        })
+        .collect();
+    (v4.into_iter().chain(v6).collect(), problems)
 }
 
 /// Says each problem once: when it first appears (again), not on every pass.
@@ -209,7 +227,7 @@ mod tests {
         .collect();
         let (specs, problems) = desired(&cs, &world(), Algo::Random);
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(specs.len(), 2);
+        assert_eq!(specs.len(), 4, "two descriptors, each on 127.0.0.1 and ::1");
         let redis = &specs[0];
         assert_eq!(redis.frontend.addr, "127.0.0.1:6379".parse().unwrap());
         assert_eq!((redis.frontend.netns, redis.frontend.proto), (7, Proto::Tcp));
@@ -218,6 +236,9 @@ mod tests {
             ["10.0.0.1:6379".parse().unwrap(), "10.0.0.2:6379".parse().unwrap()]
         );
         assert_eq!(specs[1].backends, ["10.0.0.2:6379".parse().unwrap()]);
+        let redis6 = &specs[2];
+        assert_eq!(redis6.frontend.addr, "[::1]:6379".parse().unwrap());
+        assert_eq!((redis6.frontend.netns, &redis6.backends), (7, &redis.backends));
     }
 
     #[test]
@@ -240,7 +261,7 @@ mod tests {
         .map(|c| (c.id.clone(), c))
         .collect();
         let (specs, problems) = desired(&cs, &world(), Algo::Random);
-        assert_eq!(specs.len(), 2, "{specs:?}");
+        assert_eq!(specs.len(), 4, "{specs:?}");
         assert_eq!(specs[0].backends.len(), 3);
         assert_eq!(specs[1].frontend.netns, 9);
         let who: Vec<(&str, &str)> =

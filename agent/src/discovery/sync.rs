@@ -24,7 +24,7 @@ use std::{
 
 use super::{
     descriptor::{Descriptor, ServiceRef},
-    embassy::{self, Containers, Reported, EMBASSY_ADDR},
+    embassy::{self, is_embassy_addr, Containers, Reported},
     registration::{Endpoint, PREFIX as SERVICES},
 };
 use crate::{
@@ -187,7 +187,7 @@ impl Programmer {
     pub fn owns(&self, f: &Frontend) -> bool {
         let ambassador_port =
             f.netns == 0 && f.addr.ip() == self.ambassador && self.range.contains(f.addr.port());
-        let embassy = f.netns != 0 && f.addr.ip() == EMBASSY_ADDR;
+        let embassy = f.netns != 0 && is_embassy_addr(f.addr.ip());
         ambassador_port || embassy
     }
 
