@@ -52,8 +52,10 @@ pub mod programs {
 
 /// Capacity of the service table (keys) and of the service id space.
 pub const MAX_SERVICES: u32 = 131_072;
-/// Capacity of the backend-id space (counters are arrays indexed by backend id).
-pub const MAX_BACKENDS: u32 = 65_536;
+/// Capacity of the backend-id space (counters are arrays indexed by backend id). As large as
+/// the service id space, so that every service can have a backend of its own (the per-CPU
+/// total counter costs 1 MiB per CPU at this size).
+pub const MAX_BACKENDS: u32 = 131_072;
 /// Capacity of the backend-slot map: every live backend set, plus the one being replaced.
 pub const MAX_BACKEND_SLOTS: u32 = 524_288;
 /// Most backends one service may have.

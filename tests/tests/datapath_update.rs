@@ -2,6 +2,7 @@
 use std::{collections::HashSet, net::SocketAddr};
 
 use viking::datapath::{Algo, DatapathError, Frontend, Proto, ServiceSpec};
+use viking_common::{MAX_BACKENDS, MAX_BACKENDS_PER_SERVICE};
 use viking_tests::{
     probe::Summary,
     topo::{finish, read_until_ready, Topo},
@@ -60,9 +61,9 @@ fn connects_never_fail_while_the_backend_set_is_replaced() {
     assert_eq!(summary.failed, 0, "a connect saw a half-written set: {:?}", summary.errors);
 }
 
-/// `n` made-up backends (never connected to): 10.<k>.<i/256>.<i%256>:9000.
-fn fake_backends(k: u8, n: usize) -> Vec<SocketAddr> {
-    (0..n).map(|i| SocketAddr::from(([10, k, (i / 256) as u8, (i % 256) as u8], 9000))).collect()
+/// `n` made-up backends (never connected to): <a>.<b>.<i/256>.<i%256>:9000.
+fn fake_backends(a: u8, b: u8, n: usize) -> Vec<SocketAddr> {
+    (0..n).map(|i| SocketAddr::from(([a, b, (i / 256) as u8, (i % 256) as u8], 9000))).collect()
 }
 
 fn spec(name: &str, frontend: &str, backends: Vec<SocketAddr>) -> ServiceSpec {
@@ -80,18 +81,25 @@ fn spec(name: &str, frontend: &str, backends: Vec<SocketAddr>) -> ServiceSpec {
 
 #[test]
 fn a_failed_update_leaves_the_service_and_the_id_space_as_they_were() {
+    const PER: usize = MAX_BACKENDS_PER_SERVICE as usize;
     let mut t = Topo::new();
     let b = t.tcp_backends(8000);
     t.service("127.0.0.1:7203", Proto::Tcp, Algo::RoundRobin, &[b[0].addr]);
-    // Backend ids: 65,535 in all. 1 + 63 x 1,024 in use leaves 1,022 free.
-    for k in 0..63u8 {
-        let filler =
-            spec(&format!("filler-{k}"), &format!("127.0.1.{k}:80"), fake_backends(k, 1024));
+    // Ids 1..MAX_BACKENDS, one of them taken above: fill all but fewer than PER of the rest.
+    let left = MAX_BACKENDS as usize - 2;
+    let (fillers, free) = (left / PER, left % PER);
+    for k in 0..fillers {
+        let (hi, lo) = ((k / 256) as u8, (k % 256) as u8);
+        let filler = spec(
+            &format!("filler-{k}"),
+            &format!("127.1.{hi}.{lo}:80"),
+            fake_backends(10 + hi, lo, PER),
+        );
         t.table().upsert(&filler).expect("filler");
     }
 
-    // An update that needs 1,024 new backend ids fails part way...
-    let update = spec("svc-127.0.0.1:7203", "127.0.0.1:7203", fake_backends(100, 1024));
+    // An update that needs PER new backend ids fails part way...
+    let update = spec("svc-127.0.0.1:7203", "127.0.0.1:7203", fake_backends(11, 0, PER));
     match t.table().upsert(&update) {
         Err(DatapathError::IdsExhausted("backend")) => {}
         other => panic!("expected the backend id space to run out, got {other:?}"),
@@ -102,7 +110,8 @@ fn a_failed_update_leaves_the_service_and_the_id_space_as_they_were() {
     assert_eq!(svc.backends.iter().map(|b| b.addr).collect::<Vec<_>>(), vec![b[0].addr]);
     assert_eq!(backends_seen(&t, "127.0.0.1:7203", 5), HashSet::from(["b1".to_owned()]));
 
-    // Nothing it took is lost: the 1,022 free ids are all still there.
-    t.table().upsert(&spec("last", "127.0.2.1:80", fake_backends(101, 1022))).expect("ids leaked");
-    assert_eq!(t.table().list().expect("list").len(), 65);
+    // Nothing it took is lost: every id that was free is still there.
+    let last = spec("last", "127.0.2.1:80", fake_backends(11, 1, free));
+    t.table().upsert(&last).expect("ids leaked");
+    assert_eq!(t.table().list().expect("list").len(), fillers + 2);
 }
