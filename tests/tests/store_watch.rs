@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 use std::{collections::BTreeMap, time::Duration};
 
-use viking::store::{Store, Watch, WatchEvent};
+use viking::store::{Mirror, Store, Watch, WatchEvent};
 use viking_tests::{
     etcd::{Backend, Etcd},
     store_tests,
@@ -121,7 +121,45 @@ async fn slow_reader<B: Backend>(b: &B) {
     }
 }
 
-store_tests!(across_compaction, slow_reader);
+/// The keys and values a mirror holds.
+fn held(m: &Mirror) -> Vec<(String, Vec<u8>)> {
+    m.kvs().into_iter().map(|kv| (kv.key, kv.value)).collect()
+}
+
+/// A mirror holds what its prefix holds, through puts, deletes and a compaction, and wakes a
+/// subscriber when it changes.
+async fn mirror_follows_its_prefix<B: Backend>(b: &B) {
+    let s = b.client().await;
+    s.put("/m/a", b"1".to_vec(), None).await.unwrap();
+    s.put("/mx", b"not under /m/".to_vec(), None).await.unwrap();
+    let m = Mirror::start(&s, "/m/").await.unwrap();
+    assert_eq!(held(&m), [("/m/a".to_owned(), b"1".to_vec())], "{}: the listing", b.name());
+    let mut changes = m.subscribe();
+
+    s.put("/m/b", b"2".to_vec(), None).await.unwrap();
+    s.delete("/m/a").await.unwrap();
+    s.put("/m/b", b"3".to_vec(), None).await.unwrap();
+    let at = s.revision().await.unwrap();
+    s.compact(at).await.unwrap();
+    s.put("/m/c", b"4".to_vec(), None).await.unwrap();
+    s.put("/other", b"5".to_vec(), None).await.unwrap();
+    let last = s.revision().await.unwrap();
+
+    tokio::time::timeout(WAIT, changes.changed()).await.expect("woken").expect("mirror alive");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while m.revision() < last - 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        held(&m),
+        [("/m/b".to_owned(), b"3".to_vec()), ("/m/c".to_owned(), b"4".to_vec())],
+        "{}: after the changes",
+        b.name()
+    );
+    assert!(m.is_live());
+}
+
+store_tests!(across_compaction, slow_reader, mirror_follows_its_prefix);
 
 /// The etcd server restarts under a watch: events written while it was down are impossible,
 /// those before and after all arrive, none twice.

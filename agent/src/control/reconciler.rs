@@ -3,6 +3,9 @@
 //! registered, stops unwanted ones, restarts crashed daemons with backoff, runs
 //! non-daemonized jobs to their end, registers services (`discovery::registrator`), reports
 //! status under `/viking/ps/<host>/` and publishes the running containers to embassy.
+//!
+//! It reads the store through mirrors (a listing, then a watch): a pass costs the store
+//! nothing, and a change to this host's intent starts a pass at once.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -24,7 +27,7 @@ use crate::{
     netlink::{self, routes},
     runtime::{spec_hash, Instance, InstanceState, Runtime},
     stack::service_name,
-    store::{keys, KeyValue, LeaseId, Store, StoreError},
+    store::{keys, KeyValue, LeaseId, Mirror, Revision, Store, StoreError},
 };
 
 /// How often the reconciler looks when nothing wakes it sooner.
@@ -72,6 +75,17 @@ pub struct Reconciler<S: Store, R: Runtime> {
     backoff: BTreeMap<String, Backoff>,
     /// Non-daemonized instances that ran to their end: intent revision, exit code.
     done: BTreeMap<String, (i64, i32)>,
+    mirrors: Option<Mirrors>,
+}
+
+/// The prefixes a pass reads, kept in memory.
+struct Mirrors {
+    /// `/viking/proc/<this host>/`
+    intents: Mirror,
+    /// `/services/`: every registration (which jobs are up; this host's own records).
+    services: Mirror,
+    /// `/viking/ps/`: every host's statuses (which jobs run somewhere; this host's own).
+    ps: Mirror,
 }
 
 /// What the reconciler read of the store in one pass.
@@ -101,13 +115,41 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             host_netns: None,
             backoff: BTreeMap::new(),
             done: BTreeMap::new(),
+            mirrors: None,
         }
     }
 
-    async fn view(&self) -> Result<View, StoreError> {
-        let mine = format!("{}{}/", keys::PROC, self.node);
+    /// The mirrors, started on first use and again if a watch behind them ended.
+    async fn mirrors(&mut self) -> Result<&Mirrors, StoreError> {
+        let live = self
+            .mirrors
+            .as_ref()
+            .is_some_and(|m| m.intents.is_live() && m.services.is_live() && m.ps.is_live());
+        if !live {
+            let mine = format!("{}{}/", keys::PROC, self.node);
+            self.mirrors = Some(Mirrors {
+                intents: Mirror::start(&self.store, &mine).await?,
+                services: Mirror::start(&self.store, crate::discovery::registration::PREFIX)
+                    .await?,
+                ps: Mirror::start(&self.store, keys::PS).await?,
+            });
+        }
+        match &self.mirrors {
+            Some(m) => Ok(m),
+            None => Err(StoreError::Closed { store: self.store.describe() }),
+        }
+    }
+
+    /// Wakes when this host's intent changes (after the first pass has started the mirrors).
+    fn intent_changes(&self) -> Option<watch::Receiver<Revision>> {
+        self.mirrors.as_ref().map(|m| m.intents.subscribe())
+    }
+
+    async fn view(&mut self) -> Result<View, StoreError> {
+        let m = self.mirrors().await?;
+        let (intent_kvs, services, ps) = (m.intents.kvs(), m.services.kvs(), m.ps.kvs());
         let mut intents = BTreeMap::new();
-        for kv in self.store.list(&mine).await?.kvs {
+        for kv in intent_kvs {
             match serde_json::from_slice::<Intent>(&kv.value) {
                 Ok(i) => {
                     intents.insert(i.spec.name(), (i, kv.mod_revision));
@@ -115,13 +157,11 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 Err(e) => tracing::warn!(key = %kv.key, error = %e, "ignoring an intent record"),
             }
         }
-        let services = self.store.list(crate::discovery::registration::PREFIX).await?.kvs;
         let registered = services
             .iter()
             .filter_map(|kv| Endpoint::parse(&kv.key, &kv.value).ok())
             .map(|e| e.key.service)
             .collect();
-        let ps = self.store.list(keys::PS).await?.kvs;
         let running_jobs = ps
             .iter()
             .filter_map(|kv| {
@@ -385,14 +425,29 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
     /// Reconciles until `stop`; then, if `drain`, stops every instance of this host.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>, drain: bool) {
         let changed = self.runtime.changed();
+        let mut intents: Option<watch::Receiver<Revision>> = None;
         loop {
             if let Err(e) = self.pass().await {
                 tracing::warn!(error = %e, "reconcile pass failed");
             }
+            if intents.is_none() {
+                intents = self.intent_changes();
+            }
+            let intent_changed = async {
+                // No mirror yet, or it was replaced: the period does it.
+                let Some(rx) = intents.as_mut() else { return std::future::pending().await };
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(PERIOD) => {}
                 _ = changed.notified() => {}
+                _ = intent_changed => {}
                 _ = stop.changed() => break,
+            }
+            if intents.as_ref().is_some_and(|rx| rx.has_changed().is_err()) {
+                intents = None;
             }
         }
         if drain {

@@ -5,6 +5,7 @@
 //! - `etcd`: the distributed implementation (etcd v3 through etcd-client).
 //! - `embedded`: a single machine with nothing installed (redb on disk), same semantics.
 //! - `lease`: a lease kept alive in the background, which says when it is lost.
+//! - `mirror`: a prefix copied into memory and kept current by a watch.
 //! - `keys`: the key layout.
 mod any;
 mod election;
@@ -13,6 +14,7 @@ mod error;
 pub mod etcd;
 pub mod keys;
 mod lease;
+mod mirror;
 mod spec;
 mod types;
 mod watch;
@@ -24,6 +26,7 @@ pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use lease::Lease;
+pub use mirror::Mirror;
 pub use spec::{StoreSpec, DEFAULT_STORE};
 pub use types::{
     BadValue, Compare, KeyValue, LeaderKey, LeaseId, Listing, Op, Revision, Txn, TxnResult,
