@@ -230,8 +230,7 @@ impl<S: Store> Placer<S> {
     }
 }
 
-/// Places while this node leads, every `PERIOD` and whenever something under the deploy
-/// folder, the hosts or the intent changes.
+/// Places while this node leads: at once when it becomes leader, then every `PERIOD`.
 pub async fn run<S: Store>(
     placer: Placer<S>,
     mut leading: watch::Receiver<bool>,
