@@ -121,14 +121,14 @@ async fn until_at(ns: &NetNs, cgroup: &Cgroup, host: &str, port: u16, want: &[&s
     panic!("{host}:{port} in {}: wanted {want:?}, got {got:?}", ns.name);
 }
 
-/// The netns-scoped entries of `cookie` in the table: port -> backend count.
-fn scoped(table: &ServiceTable, cookie: u64) -> BTreeMap<u16, usize> {
+/// The netns-scoped entries of `cookie` in the table: address -> backend count.
+fn scoped(table: &ServiceTable, cookie: u64) -> BTreeMap<String, usize> {
     table
         .list()
         .expect("list")
         .into_iter()
         .filter(|s| s.frontend.netns == cookie)
-        .map(|s| (s.frontend.addr.port(), s.backends.len()))
+        .map(|s| (s.frontend.addr.to_string(), s.backends.len()))
         .collect()
 }
 
@@ -220,7 +220,12 @@ async fn backend_descriptors_reach_tagged_registrations_in_their_own_netns_only(
     until(&container, &cgroup, 6380, &["prod-2"]).await;
     // A client that resolves localhost to ::1 reaches the same backends.
     until_at(&container, &cgroup, "::1", 6379, &["prod-1", "prod-2"]).await;
-    assert_eq!(scoped(&table, cookie), BTreeMap::from([(6379, 2), (6380, 1)]));
+    let want: BTreeMap<String, usize> =
+        [("127.0.0.1:6379", 2), ("127.0.0.1:6380", 1), ("[::1]:6379", 2), ("[::1]:6380", 1)]
+            .into_iter()
+            .map(|(a, n)| (a.to_owned(), n))
+            .collect();
+    assert_eq!(scoped(&table, cookie), want);
     // The same address from another namespace in the same cgroup is not redirected.
     until(&other, &cgroup, 6379, &["local"]).await;
     until(&other, &cgroup, 6380, &["refused"]).await;

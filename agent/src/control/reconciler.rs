@@ -459,8 +459,9 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 }
             }
             let want = BTreeMap::new();
-            if let Ok(view) = self.view().await {
-                let have = registrator::mine(&self.node, &view.services);
+            // NB: the store itself, not the mirror, which may trail the last pass's writes.
+            if let Ok(listing) = self.store.list(crate::discovery::registration::PREFIX).await {
+                let have = registrator::mine(&self.node, &listing.kvs);
                 let _ = registrator::sync(&self.store, None, &want, &have).await;
             }
             let _ = self.store.delete_prefix(&format!("{}{}/", keys::PS, self.node)).await;

@@ -60,10 +60,11 @@ impl Datapath {
             std::fs::create_dir_all(dir).map_err(DatapathError::io("creating", dir.clone()))?;
         }
         let mut ebpf = programs::load(&maps)?;
-        programs::attach_all(&mut ebpf, &config.cgroup, &links)?;
         let mut table = ServiceTable::open(&maps)?;
-        let orphans = table.collect_orphans()?;
+        // Before the new programs run: they read the count.
         table.repair_scoped_count()?;
+        programs::attach_all(&mut ebpf, &config.cgroup, &links)?;
+        let orphans = table.collect_orphans()?;
         tracing::info!(
             cgroup = %config.cgroup.display(),
             bpffs = %config.bpffs.display(),

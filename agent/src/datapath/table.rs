@@ -124,15 +124,25 @@ impl ServiceTable {
             set_used.push(k.set);
             backend_used.push(v.id);
         }
+        let active: Array<_, u64> =
+            open_map(dir, maps::BACKEND_ACTIVE)?.try_into().map_err(op(maps::BACKEND_ACTIVE))?;
+        let total: PerCpuArray<_, u64> =
+            open_map(dir, maps::BACKEND_TOTAL)?.try_into().map_err(op(maps::BACKEND_TOTAL))?;
+        // NB: counters pinned by an older agent keep the size they were made with.
+        let backend_max = MAX_BACKENDS.min(active.len()).min(total.len());
+        if backend_max < MAX_BACKENDS {
+            tracing::warn!(
+                pinned = backend_max,
+                built = MAX_BACKENDS,
+                "backend counters pinned by an older agent are smaller than this one's: \
+                 `viking agent --cleanup` (between agents) makes them anew"
+            );
+        }
         Ok(Self {
             services,
             backends,
-            active: open_map(dir, maps::BACKEND_ACTIVE)?
-                .try_into()
-                .map_err(op(maps::BACKEND_ACTIVE))?,
-            total: open_map(dir, maps::BACKEND_TOTAL)?
-                .try_into()
-                .map_err(op(maps::BACKEND_TOTAL))?,
+            active,
+            total,
             stats: open_map(dir, maps::SERVICE_STATS)?
                 .try_into()
                 .map_err(op(maps::SERVICE_STATS))?,
@@ -145,7 +155,7 @@ impl ServiceTable {
             service_ids: IdPool::with_used("service", MAX_SERVICES, service_used),
             // Two sets per service at most: the live one and the one being replaced.
             set_ids: IdPool::with_used("backend set", 2 * MAX_SERVICES + 2, set_used),
-            backend_ids: IdPool::with_used("backend", MAX_BACKENDS, backend_used),
+            backend_ids: IdPool::with_used("backend", backend_max, backend_used),
             retired: Vec::new(),
             ncpus,
         })
@@ -259,7 +269,6 @@ impl ServiceTable {
             algo: spec.algo.number(),
             _pad: [0; 3],
         };
-        self.names.insert(id, name, 0).map_err(op(maps::SERVICE_NAMES))?;
         let new_scoped = existing.is_none() && key.netns != 0;
         if new_scoped {
             // Counted before the entry exists, so no connect misses it.
@@ -279,6 +288,10 @@ impl ServiceTable {
         for (_, bid) in keep {
             self.backend_ids.release(bid);
         }
+        // Display only (`viking services`): a failure here is not worth undoing the service.
+        if let Err(e) = self.names.insert(id, name, 0) {
+            tracing::warn!(service = %spec.name, error = %e, "writing the service's name");
+        }
         Ok(())
     }
 
@@ -297,7 +310,6 @@ impl ServiceTable {
             self.backend_ids.release(bid);
         }
         if let Some(id) = fresh.service {
-            let _ = self.names.remove(&id);
             self.service_ids.release(id);
         }
     }
@@ -313,18 +325,22 @@ impl ServiceTable {
         };
         let backends = self.read_set(old.set, old.count)?;
         self.services.remove(&key).map_err(op(maps::SERVICES))?;
+        // The service is gone for readers: what it held is given back whatever fails below.
         for b in backends {
             self.backend_ids.release(b.id);
         }
+        self.service_ids.release(old.id);
+        self.retired.push((Instant::now(), old.set, old.count));
         if key.netns != 0 {
-            self.set_scoped(self.scoped_count.saturating_sub(1))?;
+            // A count left too high costs a lookup; too low would hide scoped services.
+            if let Err(e) = self.set_scoped(self.scoped_count.saturating_sub(1)) {
+                tracing::warn!(error = %e, "lowering the scoped-service count");
+            }
         }
         match self.names.remove(&old.id) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(op(maps::SERVICE_NAMES)(e)),
+            Err(e) => tracing::warn!(service = old.id, error = %e, "removing the service's name"),
         }
-        self.service_ids.release(old.id);
-        self.retired.push((Instant::now(), old.set, old.count));
         Ok(true)
     }
 

@@ -605,6 +605,8 @@ mod tests {
         assert!(!p.owns(&f("127.0.0.1:6379", 0)), "outside the range: made by hand");
         assert!(!p.owns(&f("10.0.0.1:20001", 0)));
         assert!(p.owns(&f("127.0.0.1:6379", 42)), "embassy");
+        assert!(p.owns(&f("[::1]:6379", 42)), "embassy, IPv6 loopback");
+        assert!(!p.owns(&f("[::1]:6379", 0)), "::1 for every namespace: made by hand");
         assert!(!p.owns(&f("10.0.0.1:6379", 42)));
     }
 
