@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 use std::{collections::BTreeMap, time::Duration};
 
-use viking::store::{Mirror, Store, Watch, WatchEvent};
+use viking::store::{Changes, Mirror, Store, Watch, WatchEvent};
 use viking_tests::{
     etcd::{Backend, Etcd},
     store_tests,
@@ -158,7 +158,36 @@ async fn mirror_follows_its_prefix<B: Backend>(b: &B) {
     assert!(m.is_live());
 }
 
-store_tests!(across_compaction, slow_reader, mirror_follows_its_prefix);
+/// `Changes` wakes for writes under its prefixes, whether they came before `next` was called
+/// or while it waited, and not for writes elsewhere.
+async fn changes_wake_for_their_prefixes_only<B: Backend>(b: &B) {
+    let s = b.client().await;
+    let mut c = Changes::start(&s, &["/c1/", "/c2/"]).await.unwrap();
+    let quiet = Duration::from_millis(300);
+    s.put("/c3/x", b"1".to_vec(), None).await.unwrap();
+    assert!(tokio::time::timeout(quiet, c.next()).await.is_err(), "{}: woken by /c3/", b.name());
+
+    s.put("/c2/x", b"1".to_vec(), None).await.unwrap();
+    tokio::time::timeout(WAIT, c.next()).await.expect("a write made before next()");
+    assert!(tokio::time::timeout(quiet, c.next()).await.is_err(), "{}: woken twice", b.name());
+
+    let waiter = tokio::spawn(async move {
+        c.next().await;
+        c
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.delete("/c1/none-yet").await.unwrap();
+    s.put("/c1/y", b"2".to_vec(), None).await.unwrap();
+    let c = tokio::time::timeout(WAIT, waiter).await.expect("a write while waiting").unwrap();
+    assert!(c.is_live());
+}
+
+store_tests!(
+    across_compaction,
+    slow_reader,
+    mirror_follows_its_prefix,
+    changes_wake_for_their_prefixes_only
+);
 
 /// The etcd server restarts under a watch: events written while it was down are impossible,
 /// those before and after all arrive, none twice.

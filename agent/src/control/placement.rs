@@ -1,7 +1,8 @@
 //! The leader's placement loop: runs the scheduler over what is deployed and which hosts are
 //! alive, and writes the result as intent under `/viking/proc/<host>/<stack>/<job>/<index>`
 //! (with the instance's full spec: command, env with links, address), or the reason it
-//! waits under `/viking/waiting/`. Only what changed is written.
+//! waits under `/viking/waiting/`. Only what changed is written. A pass runs when the deploy
+//! folder, the hosts or the intent change, not on a short timer.
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,
@@ -18,11 +19,17 @@ use super::{
 use crate::{
     deploy::{folder::DeployedJobs, DeployError, Deployer},
     runtime::{instance_name, InstanceSpec},
-    store::{keys, Op, Store, Txn},
+    store::{keys, Changes, Op, Store, Txn},
 };
 
-/// How often the leader places when nothing wakes it sooner.
+/// How often the leader places when it cannot watch for changes.
 pub const PERIOD: Duration = Duration::from_millis(500);
+/// How often it places anyway while it watches (a safety net: a change wakes it at once).
+pub const IDLE_PERIOD: Duration = Duration::from_secs(5);
+/// What a pass reads that others write: jobs deployed and removed, hosts joining, leaving
+/// and reporting load, intent edited by hand. (History, waiting records and addresses are
+/// the leader's own.)
+const WATCHED: [&str; 3] = [keys::DEPLOY, keys::HOSTS, keys::PROC];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {
@@ -230,20 +237,41 @@ impl<S: Store> Placer<S> {
     }
 }
 
-/// Places while this node leads: at once when it becomes leader, then every `PERIOD`.
+/// Places while this node leads: at once when it becomes leader, then whenever what it reads
+/// changes (its own writes included: that pass finds nothing to do), and every
+/// `IDLE_PERIOD` regardless. Without watches (the store refused them), every `PERIOD`.
 pub async fn run<S: Store>(
     placer: Placer<S>,
     mut leading: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut changes: Option<Changes> = None;
     loop {
         if *leading.borrow() {
+            if !changes.as_ref().is_some_and(Changes::is_live) {
+                // NB: watching starts before the pass reads, so nothing written in between
+                // goes unnoticed.
+                changes = match Changes::start(&placer.store, &WATCHED).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watching for changes; placing every {PERIOD:?}");
+                        None
+                    }
+                };
+            }
             if let Err(e) = placer.place().await {
                 tracing::warn!(error = %e, "placement pass failed");
             }
+        } else {
+            changes = None;
         }
+        let (period, changed) = match changes.as_mut() {
+            Some(c) => (IDLE_PERIOD, futures::future::Either::Left(c.next())),
+            None => (PERIOD, futures::future::Either::Right(std::future::pending())),
+        };
         tokio::select! {
-            _ = tokio::time::sleep(PERIOD) => {}
+            _ = tokio::time::sleep(period) => {}
+            _ = changed => {}
             _ = leading.changed() => {}
             _ = stop.changed() => return,
         }

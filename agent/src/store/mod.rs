@@ -5,9 +5,11 @@
 //! - `etcd`: the distributed implementation (etcd v3 through etcd-client).
 //! - `embedded`: a single machine with nothing installed (redb on disk), same semantics.
 //! - `lease`: a lease kept alive in the background, which says when it is lost.
-//! - `mirror`: a prefix copied into memory and kept current by a watch.
+//! - `mirror`: a prefix copied into memory and kept current by a watch; `changes`: only
+//!   word that some prefixes changed.
 //! - `keys`: the key layout.
 mod any;
+mod changes;
 mod election;
 pub mod embedded;
 mod error;
@@ -22,6 +24,7 @@ mod watch;
 use std::{future::Future, time::Duration};
 
 pub use any::AnyStore;
+pub use changes::Changes;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use etcd::{EtcdOptions, EtcdStore};
