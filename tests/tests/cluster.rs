@@ -268,3 +268,33 @@ async fn a_backend_descriptor_reaches_tagged_instances_inside_its_container_only
     let agent_log = host.agent.log();
     assert!(agent_log.contains("BACKEND_BAD"), "{agent_log}");
 }
+
+#[tokio::test]
+async fn a_redeployed_link_reaches_the_running_job() {
+    // The leader reuses its plans while the deployed jobs stay the same; a redeploy that adds
+    // a link must still reach the instance (replaced, with the link's env).
+    let c = Cluster::single_embedded().await;
+    let db = "db:\n  type: job\n  command: exec busybox httpd -f -p 8080\n  ports:\n    - 8080\n";
+    let app = "app:\n  type: job\n  command: while true; do echo \"db=${DB_PORT_8080_TCP_PORT:-none}\"; sleep 0.2; done\n  daemonize: true\n";
+    c.deploy("s", &format!("{db}{app}")).await;
+    c.wait_ps("db and app running", |r| all_running(r, 2)).await;
+    let agent = &c.hosts[0].agent;
+    assert!(agent.instance_log("s_app_0").contains("db=none"));
+
+    let linked = format!("{app}  link:\n    - db\n");
+    let plan = c.deploy("s", &format!("{db}{linked}")).await;
+    let port = plan
+        .jobs
+        .iter()
+        .find(|j| j.job.name == "app")
+        .and_then(|j| j.link_env.get("DB_PORT_8080_TCP_PORT").cloned())
+        .expect("the plan gives app the link");
+    let want = format!("db={port}");
+    for _ in 0..200 {
+        if agent.instance_log("s_app_0").contains(&want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("app never got {want}: {}", agent.instance_log("s_app_0"));
+}

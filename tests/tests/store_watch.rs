@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 use std::{collections::BTreeMap, time::Duration};
 
-use viking::store::{Changes, Mirror, Store, Watch, WatchEvent};
+use viking::store::{Changes, Mirror, Op, Store, Txn, Watch, WatchEvent};
 use viking_tests::{
     etcd::{Backend, Etcd},
     store_tests,
@@ -182,7 +182,29 @@ async fn changes_wake_for_their_prefixes_only<B: Backend>(b: &B) {
     assert!(c.is_live());
 }
 
+/// The writes of one transaction share its revision; a watch reports every one of them.
+async fn every_write_of_a_transaction_arrives<B: Backend>(b: &B) {
+    let s = b.client().await;
+    let mut watch = s.watch("/t/", None).await.unwrap();
+    // Once this arrives the watch is live: what follows comes as live events, not history.
+    s.put("/t/start", b"".to_vec(), None).await.unwrap();
+    tokio::time::timeout(WAIT, watch.next()).await.expect("the first event");
+    let ops = (0..3).map(|i| Op::put(format!("/t/{i}"), vec![i])).collect::<Vec<_>>();
+    s.txn(Txn::when([]).then(ops)).await.unwrap();
+    s.txn(Txn::when([]).then([Op::delete("/t/0"), Op::delete("/t/1")])).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match tokio::time::timeout(WAIT, watch.next()).await {
+            Ok(Some(WatchEvent::Put(kv))) => seen.push(format!("put {}", kv.key)),
+            Ok(Some(WatchEvent::Delete { key, .. })) => seen.push(format!("delete {key}")),
+            other => panic!("{}: after {seen:?}: {other:?}", b.name()),
+        }
+    }
+    assert_eq!(seen, ["put /t/0", "put /t/1", "put /t/2", "delete /t/0", "delete /t/1"]);
+}
+
 store_tests!(
+    every_write_of_a_transaction_arrives,
     across_compaction,
     slow_reader,
     mirror_follows_its_prefix,

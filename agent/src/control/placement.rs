@@ -19,6 +19,7 @@ use super::{
 use crate::{
     deploy::{folder::DeployedJobs, DeployError, Deployer},
     runtime::{instance_name, InstanceSpec},
+    stack::{plan::Plan, Job},
     store::{keys, Changes, Op, Store, Txn},
 };
 
@@ -26,6 +27,9 @@ use crate::{
 pub const PERIOD: Duration = Duration::from_millis(500);
 /// How often it places anyway while it watches (a safety net: a change wakes it at once).
 pub const IDLE_PERIOD: Duration = Duration::from_secs(5);
+/// The least time between the starts of two passes woken by changes: many hosts reporting
+/// their load make one pass, not one each.
+pub const MIN_GAP: Duration = Duration::from_millis(250);
 /// What a pass reads that others write: jobs deployed and removed, hosts joining, leaving
 /// and reporting load, intent edited by hand. (History, waiting records and addresses are
 /// the leader's own.)
@@ -47,6 +51,18 @@ pub struct Placer<S: Store> {
     addresses: Addresses<S>,
     /// Give instances addresses from their stack's subnet (the exec runtime routes them).
     pub assign_addresses: bool,
+    plans: tokio::sync::Mutex<Option<Plans>>,
+}
+
+/// How long plans are reused while the deployed jobs stay the same (so that a port
+/// allocation deleted by hand is allocated again within this time).
+const PLANS_TTL: Duration = Duration::from_secs(30);
+
+/// The plans of every deployed stack, and the jobs they were made from.
+struct Plans {
+    jobs: BTreeMap<(String, String), Job>,
+    plans: BTreeMap<String, Plan>,
+    made: tokio::time::Instant,
 }
 
 /// What one pass did.
@@ -60,7 +76,37 @@ pub struct Pass {
 
 impl<S: Store> Placer<S> {
     pub fn new(store: S, deployer: std::sync::Arc<Deployer<S>>, addresses: Addresses<S>) -> Self {
-        Self { store, deployer, addresses, assign_addresses: true }
+        Self { store, deployer, addresses, assign_addresses: true, plans: Default::default() }
+    }
+
+    /// The plan of every deployed stack: made again only when the deployed jobs change (or
+    /// after `PLANS_TTL`), since a plan reads the allocators for each of its links.
+    async fn plans(&self, deployed: &DeployedJobs) -> BTreeMap<String, Plan> {
+        let mut cache = self.plans.lock().await;
+        if let Some(c) = cache.as_ref() {
+            if c.jobs == deployed.jobs && c.made.elapsed() < PLANS_TTL {
+                return c.plans.clone();
+            }
+        }
+        let mut plans = BTreeMap::new();
+        let mut complete = true;
+        for stack in deployed.stacks() {
+            match self.deployer.deployed_plan(&stack, deployed).await {
+                Ok(p) => {
+                    plans.insert(stack, p);
+                }
+                Err(e) => {
+                    tracing::warn!(%stack, error = %e, "cannot plan a deployed stack");
+                    complete = false;
+                }
+            }
+        }
+        *cache = complete.then(|| Plans {
+            jobs: deployed.jobs.clone(),
+            plans: plans.clone(),
+            made: tokio::time::Instant::now(),
+        });
+        plans
     }
 
     /// Places every deployed instance once.
@@ -103,15 +149,7 @@ impl<S: Store> Placer<S> {
         let input = SchedulerInput { jobs, hosts, current: current.clone(), history, load };
         let placements = schedule(&input);
 
-        let mut plans = BTreeMap::new();
-        for stack in deployed.stacks() {
-            match self.deployer.deployed_plan(&stack).await {
-                Ok(p) => {
-                    plans.insert(stack, p);
-                }
-                Err(e) => tracing::warn!(%stack, error = %e, "cannot plan a deployed stack"),
-            }
-        }
+        let plans = self.plans(&deployed).await;
 
         let mut pass = Pass::default();
         let mut ops = Vec::new();
@@ -247,6 +285,7 @@ pub async fn run<S: Store>(
 ) {
     let mut changes: Option<Changes> = None;
     loop {
+        let started = tokio::time::Instant::now();
         if *leading.borrow() {
             if !changes.as_ref().is_some_and(Changes::is_live) {
                 // NB: watching starts before the pass reads, so nothing written in between
@@ -269,11 +308,17 @@ pub async fn run<S: Store>(
             Some(c) => (IDLE_PERIOD, futures::future::Either::Left(c.next())),
             None => (PERIOD, futures::future::Either::Right(std::future::pending())),
         };
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = changed => {}
-            _ = leading.changed() => {}
+        let woken_by_change = tokio::select! {
+            _ = tokio::time::sleep(period) => false,
+            _ = changed => true,
+            _ = leading.changed() => false,
             _ = stop.changed() => return,
+        };
+        if woken_by_change {
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + MIN_GAP) => {}
+                _ = stop.changed() => return,
+            }
         }
     }
 }

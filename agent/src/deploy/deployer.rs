@@ -144,27 +144,18 @@ impl<S: Store> Deployer<S> {
     /// The deployed stack as a `Stack` (for env and plans of what runs).
     pub async fn deployed_stack(&self, stack: &str) -> Result<(Stack, DeployedJobs), DeployError> {
         let deployed = DeployedJobs::read(&self.store).await?;
-        let jobs: Vec<ParsedJob> = deployed
-            .stack(stack)
-            .map(|j| ParsedJob { link_lines: vec![0; j.links.len()], job: j.clone(), line: 0 })
-            .collect();
-        if jobs.is_empty() {
-            return Err(DeployError::NotFound(format!("stack {stack} is not deployed")));
-        }
-        let s = Stack {
-            name: stack.to_owned(),
-            file: stack_prefix(stack).into(),
-            format: Format::Viking,
-            jobs,
-        };
-        Ok((s, deployed))
+        Ok((stack_of(stack, &deployed)?, deployed))
     }
 
-    /// The plan of a deployed stack (allocating any port not yet allocated): what the leader
-    /// turns into intent.
-    pub async fn deployed_plan(&self, stack: &str) -> Result<Plan, DeployError> {
-        let (s, deployed) = self.deployed_stack(stack).await?;
-        Ok(plan(&s, &deployed, self.ambassador, &Allocate(&self.ports)).await?)
+    /// The plan of a stack of `deployed` (allocating any port not yet allocated): what the
+    /// leader turns into intent.
+    pub async fn deployed_plan(
+        &self,
+        stack: &str,
+        deployed: &DeployedJobs,
+    ) -> Result<Plan, DeployError> {
+        let s = stack_of(stack, deployed)?;
+        Ok(plan(&s, deployed, self.ambassador, &Allocate(&self.ports)).await?)
     }
 
     /// The link environment `job` of `stack` gets (allocating any port not yet allocated).
@@ -198,4 +189,21 @@ impl<S: Store> Deployer<S> {
         self.store.txn(Txn::when([]).then(ops)).await?;
         Ok(records.len())
     }
+}
+
+/// One stack of the deploy folder as a `Stack`.
+fn stack_of(stack: &str, deployed: &DeployedJobs) -> Result<Stack, DeployError> {
+    let jobs: Vec<ParsedJob> = deployed
+        .stack(stack)
+        .map(|j| ParsedJob { link_lines: vec![0; j.links.len()], job: j.clone(), line: 0 })
+        .collect();
+    if jobs.is_empty() {
+        return Err(DeployError::NotFound(format!("stack {stack} is not deployed")));
+    }
+    Ok(Stack {
+        name: stack.to_owned(),
+        file: stack_prefix(stack).into(),
+        format: Format::Viking,
+        jobs,
+    })
 }

@@ -521,28 +521,34 @@ impl Store for EmbeddedStore {
 async fn watch_task(
     store: EmbeddedStore,
     prefix: String,
-    mut next: Revision,
+    start: Revision,
     tx: mpsc::Sender<WatchEvent>,
 ) {
     let mut backoff = Backoff::new();
+    // NB: the events of one transaction share its revision, so "sent up to revision R" is not
+    // enough to resume: R may have been sent in part. `sent` counts R's events already out.
+    let mut sent = Sent { revision: start - 1, count: 0 };
     loop {
         let shared = store.inner.shared.clone();
         let p = prefix.clone();
+        let from = sent.resume_from();
         let sub =
-            tokio::task::spawn_blocking(move || EmbeddedStore::subscribe(&shared, &p, next)).await;
+            tokio::task::spawn_blocking(move || EmbeddedStore::subscribe(&shared, &p, from)).await;
         match sub {
             Ok(Ok((history, mut live))) => {
-                for e in history {
-                    next = e.revision() + 1;
+                let mut skip = sent.count;
+                for e in history.into_iter() {
+                    if sent.is_old(&e, &mut skip) {
+                        continue;
+                    }
                     if tx.send(e).await.is_err() {
                         return;
                     }
                 }
                 while let Some(e) = live.recv().await {
-                    if e.revision() < next {
+                    if sent.is_old(&e, &mut skip) {
                         continue;
                     }
-                    next = e.revision() + 1;
                     if tx.send(e).await.is_err() {
                         return;
                     }
@@ -550,10 +556,10 @@ async fn watch_task(
                 // The hub dropped us: we fell behind (resume from the history) or it closed.
             }
             Ok(Err(StoreError::Compacted { compacted, .. })) => {
-                tracing::info!(store = %store.describe(), %prefix, wanted = next, compacted, "watch: history compacted, resyncing");
+                tracing::info!(store = %store.describe(), %prefix, wanted = sent.resume_from(), compacted, "watch: history compacted, resyncing");
                 match store.list(&prefix).await {
                     Ok(listing) => {
-                        next = listing.revision + 1;
+                        sent = Sent { revision: listing.revision, count: 0 };
                         let event =
                             WatchEvent::Resync { kvs: listing.kvs, revision: listing.revision };
                         if tx.send(event).await.is_err() {
@@ -576,5 +582,80 @@ async fn watch_task(
         if tx.is_closed() {
             return;
         }
+    }
+}
+
+/// Where a watch stands: the revision of the last event it sent and how many events of that
+/// revision it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent {
+    revision: Revision,
+    count: usize,
+}
+
+impl Sent {
+    /// The revision to read the history from: the last one again if it may be incomplete.
+    fn resume_from(&self) -> Revision {
+        if self.count > 0 {
+            self.revision
+        } else {
+            self.revision + 1
+        }
+    }
+
+    /// Whether `e` was sent already (`skip`: how many events of the last revision the
+    /// history replays that were sent before); if not, counts it as sent.
+    fn is_old(&mut self, e: &WatchEvent, skip: &mut usize) -> bool {
+        let r = e.revision();
+        if r < self.revision {
+            return true;
+        }
+        if r == self.revision {
+            if *skip > 0 {
+                *skip -= 1;
+                return true;
+            }
+            self.count += 1;
+        } else {
+            *self = Sent { revision: r, count: 1 };
+            *skip = 0;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod sent_tests {
+    use super::*;
+
+    fn put(key: &str, revision: Revision) -> WatchEvent {
+        WatchEvent::Put(KeyValue {
+            key: key.into(),
+            value: Vec::new(),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease: None,
+        })
+    }
+
+    #[test]
+    fn a_transaction_half_sent_resumes_at_its_rest() {
+        let mut sent = Sent { revision: 4, count: 0 };
+        let mut skip = 0;
+        // Live: revision 5 holds two writes; both go out.
+        assert!(!sent.is_old(&put("/a", 5), &mut skip));
+        assert!(!sent.is_old(&put("/b", 5), &mut skip));
+        assert_eq!(sent, Sent { revision: 5, count: 2 });
+        // Dropped, then replayed from revision 5: the two already sent are skipped, the third
+        // of that revision and the next revision go out.
+        assert_eq!(sent.resume_from(), 5);
+        let mut skip = sent.count;
+        assert!(sent.is_old(&put("/a", 5), &mut skip));
+        assert!(sent.is_old(&put("/b", 5), &mut skip));
+        assert!(!sent.is_old(&put("/c", 5), &mut skip));
+        assert!(!sent.is_old(&put("/d", 6), &mut skip));
+        assert!(sent.is_old(&put("/z", 3), &mut skip));
+        assert_eq!(sent, Sent { revision: 6, count: 1 });
     }
 }
