@@ -279,7 +279,16 @@ async fn a_redeployed_link_reaches_the_running_job() {
     c.deploy("s", &format!("{db}{app}")).await;
     c.wait_ps("db and app running", |r| all_running(r, 2)).await;
     let agent = &c.hosts[0].agent;
-    assert!(agent.instance_log("s_app_0").contains("db=none"));
+    let log_has = |want: &str| {
+        (0..200).any(|_| {
+            let found = agent.instance_log("s_app_0").contains(want);
+            if !found {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            found
+        })
+    };
+    assert!(log_has("db=none"), "{}", agent.instance_log("s_app_0"));
 
     let linked = format!("{app}  link:\n    - db\n");
     let plan = c.deploy("s", &format!("{db}{linked}")).await;
@@ -290,11 +299,5 @@ async fn a_redeployed_link_reaches_the_running_job() {
         .and_then(|j| j.link_env.get("DB_PORT_8080_TCP_PORT").cloned())
         .expect("the plan gives app the link");
     let want = format!("db={port}");
-    for _ in 0..200 {
-        if agent.instance_log("s_app_0").contains(&want) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("app never got {want}: {}", agent.instance_log("s_app_0"));
+    assert!(log_has(&want), "app never got {want}: {}", agent.instance_log("s_app_0"));
 }

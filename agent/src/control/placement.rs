@@ -58,9 +58,11 @@ pub struct Placer<S: Store> {
 /// allocation deleted by hand is allocated again within this time).
 const PLANS_TTL: Duration = Duration::from_secs(30);
 
-/// The plans of every deployed stack, and the jobs they were made from.
+/// The plans of every deployed stack, and what they were made from: the jobs and the
+/// ambassador port allocations (a stack removed and deployed again gets new ports).
 struct Plans {
     jobs: BTreeMap<(String, String), Job>,
+    ports: Vec<(String, Vec<u8>)>,
     plans: BTreeMap<String, Plan>,
     made: tokio::time::Instant,
 }
@@ -81,11 +83,22 @@ impl<S: Store> Placer<S> {
 
     /// The plan of every deployed stack: made again only when the deployed jobs change (or
     /// after `PLANS_TTL`), since a plan reads the allocators for each of its links.
-    async fn plans(&self, deployed: &DeployedJobs) -> BTreeMap<String, Plan> {
+    async fn plans(
+        &self,
+        deployed: &DeployedJobs,
+    ) -> Result<BTreeMap<String, Plan>, PlacementError> {
+        let ports: Vec<(String, Vec<u8>)> = self
+            .store
+            .list(keys::PORTS)
+            .await?
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect();
         let mut cache = self.plans.lock().await;
         if let Some(c) = cache.as_ref() {
-            if c.jobs == deployed.jobs && c.made.elapsed() < PLANS_TTL {
-                return c.plans.clone();
+            if c.jobs == deployed.jobs && c.ports == ports && c.made.elapsed() < PLANS_TTL {
+                return Ok(c.plans.clone());
             }
         }
         let mut plans = BTreeMap::new();
@@ -101,12 +114,15 @@ impl<S: Store> Placer<S> {
                 }
             }
         }
+        // NB: made under the ports read before planning; a plan that allocated a port
+        // changes them, so the next pass plans once more and caches that.
         *cache = complete.then(|| Plans {
             jobs: deployed.jobs.clone(),
+            ports,
             plans: plans.clone(),
             made: tokio::time::Instant::now(),
         });
-        plans
+        Ok(plans)
     }
 
     /// Places every deployed instance once.
@@ -149,7 +165,7 @@ impl<S: Store> Placer<S> {
         let input = SchedulerInput { jobs, hosts, current: current.clone(), history, load };
         let placements = schedule(&input);
 
-        let plans = self.plans(&deployed).await;
+        let plans = self.plans(&deployed).await?;
 
         let mut pass = Pass::default();
         let mut ops = Vec::new();

@@ -15,18 +15,19 @@ impl Changes {
     /// Watches each prefix from the next revision on.
     pub async fn start<S: Store>(store: &S, prefixes: &[&str]) -> Result<Self> {
         let (count, seen) = watch::channel(0u64);
-        let mut tasks = Vec::with_capacity(prefixes.len());
+        // Built first, so that a watch that fails to start drops (and stops) the others.
+        let mut this = Self { seen, tasks: Vec::with_capacity(prefixes.len()) };
         for prefix in prefixes {
             let mut events = store.watch(prefix, None).await?;
             let count = count.clone();
-            tasks.push(tokio::spawn(async move {
+            this.tasks.push(tokio::spawn(async move {
                 while events.next().await.is_some() {
                     while events.try_next().is_some() {}
                     count.send_modify(|n| *n += 1);
                 }
             }));
         }
-        Ok(Self { seen, tasks })
+        Ok(this)
     }
 
     /// Returns once something changed since the last call (at once if it already has). Never
