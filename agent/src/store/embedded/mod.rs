@@ -348,7 +348,10 @@ impl EmbeddedStore {
         let upto = hub.revision;
         let history = if from <= upto {
             let prefix = prefix.to_string();
-            shared.read("watch history", move |txn| {
+            let (compacted, history) = shared.read("watch history", move |txn| {
+                // NB: a compaction commits (deleting log rows) before the hub hears of it, so
+                // the compacted revision that counts is the one in this read's snapshot.
+                let compacted = txn.open_table(META)?.get("compacted")?.map_or(0, |g| g.value());
                 let log = txn.open_table(LOG)?;
                 let mut out = Vec::new();
                 for entry in log.range((from, 0)..=(upto, u32::MAX))? {
@@ -359,8 +362,16 @@ impl EmbeddedStore {
                         }
                     }
                 }
-                Ok(out)
-            })?
+                Ok((compacted, out))
+            })?;
+            if from < compacted {
+                return Err(StoreError::Compacted {
+                    store: shared.describe(),
+                    revision: from,
+                    compacted,
+                });
+            }
+            history
         } else {
             Vec::new()
         };
