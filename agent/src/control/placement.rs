@@ -54,8 +54,7 @@ pub struct Placer<S: Store> {
     plans: tokio::sync::Mutex<Option<Plans>>,
 }
 
-/// How long plans are reused while the deployed jobs stay the same (so that a port
-/// allocation deleted by hand is allocated again within this time).
+/// How long plans are reused while nothing they were made from changes (a safety net).
 const PLANS_TTL: Duration = Duration::from_secs(30);
 
 /// The plans of every deployed stack, and what they were made from: the jobs and the
@@ -81,8 +80,9 @@ impl<S: Store> Placer<S> {
         Self { store, deployer, addresses, assign_addresses: true, plans: Default::default() }
     }
 
-    /// The plan of every deployed stack: made again only when the deployed jobs change (or
-    /// after `PLANS_TTL`), since a plan reads the allocators for each of its links.
+    /// The plan of every deployed stack: made again only when the deployed jobs or the port
+    /// allocations change (or after `PLANS_TTL`), since a plan reads the allocators for each
+    /// of its links.
     async fn plans(
         &self,
         deployed: &DeployedJobs,

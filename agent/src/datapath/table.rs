@@ -299,12 +299,9 @@ impl ServiceTable {
     /// as they were (best effort on the maps: the failure may be the kernel's).
     fn roll_back(&mut self, fresh: Fresh) {
         if let Some(set) = fresh.set {
-            for slot in 0..fresh.slots {
-                if let Err(e) = self.backends.remove(&BackendKey { set, slot }) {
-                    tracing::warn!(set, slot, error = %e, "rolling back a failed upsert");
-                }
+            if let Err(e) = self.delete_set(set, fresh.slots) {
+                tracing::warn!(set, error = %e, "rolling back a failed upsert");
             }
-            self.set_ids.release(set);
         }
         for bid in fresh.backend_ids {
             self.backend_ids.release(bid);
@@ -351,14 +348,20 @@ impl ServiceTable {
             self.retired.drain(..).partition(|(at, _, _)| now.duration_since(*at) >= min_age);
         self.retired = keep;
         for (_, set, count) in due {
-            for slot in 0..count {
-                match self.backends.remove(&BackendKey { set, slot }) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(op(maps::BACKENDS)(e)),
-                }
-            }
-            self.set_ids.release(set);
+            self.delete_set(set, count)?;
         }
+        Ok(())
+    }
+
+    /// Deletes slots `0..count` of a backend set and gives its id back.
+    fn delete_set(&mut self, set: u32, count: u32) -> Result<()> {
+        for slot in 0..count {
+            match self.backends.remove(&BackendKey { set, slot }) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(op(maps::BACKENDS)(e)),
+            }
+        }
+        self.set_ids.release(set);
         Ok(())
     }
 

@@ -19,7 +19,6 @@ struct State {
 
 /// A running mirror of one prefix. Dropping it stops its watch.
 pub struct Mirror {
-    prefix: String,
     state: Arc<Mutex<State>>,
     revision: watch::Sender<Revision>,
     task: JoinHandle<()>,
@@ -51,7 +50,7 @@ impl Mirror {
                 }
             }
         });
-        Ok(Self { prefix: prefix.to_owned(), state, revision, task })
+        Ok(Self { state, revision, task })
     }
 
     /// Every key-value under the prefix, in key order.
@@ -73,10 +72,6 @@ impl Mirror {
     /// prefix changed since it last looked.
     pub fn subscribe(&self) -> watch::Receiver<Revision> {
         self.revision.subscribe()
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
     }
 }
 
