@@ -1,6 +1,6 @@
 //! The control plane's state machines over the store: allocators (ambassador ports, subnets
 //! and addresses), membership and leader election. Each is written once against `Store` and
-//! proven against both stores (tests/tests/store_*.rs).
+//! proven against both stores (tests/tests/it/store/).
 //!
 //! - `ports`: one ambassador port per linked service port (seed 000)
 //! - `addresses`: a subnet per stack, an address per container (seed 001 "DHCP")

@@ -1,0 +1,10 @@
+//! The in-kernel service datapath: programs attached to a test cgroup, clients and servers in
+//! the test's own network namespaces.
+mod balance;
+mod chain;
+mod redis;
+mod restart;
+mod scoped;
+mod tcp;
+mod udp;
+mod update;
