@@ -1,6 +1,7 @@
 //! Viking's agent and CLI library. One module per concern; data flows
 //! stack -> control -> store -> agent -> datapath (docs/architecture.md).
 pub mod api;
+pub mod cluster;
 pub mod control;
 pub mod datapath;
 pub mod deploy;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::{ApiErrorBody, DeployRequest, JobFile, JobRun, LeaderInfo};
 use crate::{
-    control::leader,
+    cluster::leader,
     deploy::{DeployError, Deployer, JobRecord},
     stack::{plan::PlanError, Stack},
     store::Store,
@@ -68,7 +68,7 @@ impl From<DeployError> for ApiError {
             }
             DeployError::NotFound(_) => StatusCode::NOT_FOUND,
             DeployError::Conflict(_) => StatusCode::CONFLICT,
-            DeployError::Control(crate::control::ControlError::PortsExhausted { .. }) => {
+            DeployError::Control(crate::cluster::ClusterError::PortsExhausted { .. }) => {
                 StatusCode::INSUFFICIENT_STORAGE
             }
             _ => StatusCode::SERVICE_UNAVAILABLE,

@@ -9,8 +9,9 @@ use tokio::{
 };
 use viking::{
     api::{self, server::ApiState, LeaderInfo},
-    control::{self, membership, HostInfo, DEFAULT_PORT_RANGE},
-    control::{placement::Placer, reconciler::Reconciler, Addresses},
+    cluster::Addresses,
+    cluster::{self, membership, HostInfo, DEFAULT_PORT_RANGE},
+    control::{self, placement::Placer, reconciler::Reconciler},
     datapath::{Algo, Datapath, DatapathConfig},
     deploy::Deployer,
     discovery,
@@ -81,7 +82,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    let member = control::membership::join(&store, info.clone(), membership::DEFAULT_TTL)
+    let member = cluster::membership::join(&store, info.clone(), membership::DEFAULT_TTL)
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
@@ -110,7 +111,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let placer = Placer::new(
         store.clone(),
         deployer,
-        Addresses::new(store.clone(), control::addresses::default_pool()),
+        Addresses::new(store.clone(), cluster::addresses::default_pool()),
     );
     tokio::spawn(membership::report_load(store.clone(), info, member.lease_watch(), stop.clone()));
     let placement = tokio::spawn(control::placement::run(placer, leading.clone(), stop.clone()));
@@ -163,7 +164,7 @@ fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
     let value = serde_json::to_string(&me).unwrap_or_default();
     tokio::spawn(async move {
         loop {
-            match control::campaign(&store, &value, control::leader::DEFAULT_TTL).await {
+            match cluster::campaign(&store, &value, cluster::leader::DEFAULT_TTL).await {
                 Ok(leadership) => {
                     let _ = tx.send(true);
                     leadership.lost().await;

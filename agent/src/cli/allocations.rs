@@ -1,6 +1,6 @@
 //! `viking allocations`: ambassador ports, stack subnets and container addresses.
 use serde::Serialize;
-use viking::control::{
+use viking::cluster::{
     addresses::{gateway, AddressTable},
     ports::PortTable,
     Addresses, AmbassadorPorts, DEFAULT_PORT_RANGE,
@@ -20,7 +20,7 @@ pub async fn list(args: &StoreArgs, json: bool) -> anyhow::Result<()> {
     // NB: the range and pool only matter when allocating; listing shows what is stored.
     let ports = AmbassadorPorts::new(store.clone(), DEFAULT_PORT_RANGE).list().await?;
     let addresses =
-        Addresses::new(store, viking::control::addresses::default_pool()).list().await?;
+        Addresses::new(store, viking::cluster::addresses::default_pool()).list().await?;
     let all = Allocations { ports, addresses };
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);

@@ -1,6 +1,6 @@
 //! `viking hosts`: cluster membership as the store has it, and who leads.
 use serde::Serialize;
-use viking::control::{leader, membership, membership::Host};
+use viking::cluster::{leader, membership, membership::Host};
 
 use super::{store_args::StoreArgs, table::render};
 

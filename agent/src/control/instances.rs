@@ -99,12 +99,12 @@ pub struct PsRow {
 pub async fn ps<S: crate::store::Store>(
     store: &S,
     stack: Option<&str>,
-) -> Result<Vec<PsRow>, super::ControlError> {
+) -> Result<Vec<PsRow>, crate::cluster::ClusterError> {
     use std::collections::{BTreeMap, BTreeSet};
 
     use crate::store::keys;
     let alive: BTreeSet<String> =
-        super::membership::hosts(store).await?.into_iter().map(|h| h.info.name).collect();
+        crate::cluster::membership::hosts(store).await?.into_iter().map(|h| h.info.name).collect();
     let mut status: BTreeMap<(String, String, String, u32), Status> = BTreeMap::new();
     for kv in store.list(keys::PS).await?.kvs {
         if let (Some(id), Ok(st)) =

@@ -12,11 +12,10 @@ use tokio::sync::watch;
 
 use super::{
     instances::{After, Intent},
-    membership,
     scheduler::{schedule, InstanceId, Placement, SchedulerInput},
-    Addresses, ControlError,
 };
 use crate::{
+    cluster::{membership, Addresses, ClusterError},
     deploy::{folder::DeployedJobs, DeployError, Deployer},
     runtime::{instance_name, InstanceSpec},
     stack::{plan::Plan, Job},
@@ -38,7 +37,7 @@ const WATCHED: [&str; 3] = [keys::DEPLOY, keys::HOSTS, keys::PROC];
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {
     #[error(transparent)]
-    Control(#[from] ControlError),
+    Control(#[from] ClusterError),
     #[error(transparent)]
     Deploy(#[from] DeployError),
     #[error(transparent)]
@@ -241,7 +240,7 @@ impl<S: Store> Placer<S> {
                     };
                     let key = keys::proc(host, stack, job_name, *index);
                     let value = serde_json::to_vec(&intent)
-                        .map_err(|e| ControlError::Invalid(format!("intent of {name}: {e}")))?;
+                        .map_err(|e| ClusterError::Invalid(format!("intent of {name}: {e}")))?;
                     keep_keys.insert(key.clone());
                     if existing.get(&key) != Some(&value) {
                         ops.push(Op::put(key, value));

@@ -14,11 +14,9 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{
-    instances::{Intent, Phase, Status},
-    membership,
-};
+use super::instances::{Intent, Phase, Status};
 use crate::{
+    cluster::membership,
     discovery::{
         embassy::{Container, Containers},
         registration::Endpoint,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::HostInfo;
+use crate::cluster::HostInfo;
 use crate::stack::Job;
 
 /// One instance: `(stack, job, index)`.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::folder::{job_key, parse_record, record_value, stack_prefix, DeployedJobs, JobRecord};
 use crate::{
-    control::{AmbassadorPorts, ControlError, PortRange},
+    cluster::{AmbassadorPorts, ClusterError, PortRange},
     stack::{
         plan::{plan, Plan, PlanError, PortAllocator},
         service_name, Format, ParsedJob, Port, Stack, StackError,
@@ -23,7 +23,7 @@ pub enum DeployError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Control(#[from] ControlError),
+    Control(#[from] ClusterError),
     #[error("{0}")]
     NotFound(String),
     #[error("stack {0} changed while it was being deployed; deploy again")]
@@ -44,15 +44,15 @@ struct Allocate<'a, S>(&'a AmbassadorPorts<S>);
 struct Peek<'a, S>(&'a AmbassadorPorts<S>);
 
 impl<S: Store> PortAllocator for Allocate<'_, S> {
-    type Error = ControlError;
-    async fn port(&self, service: &str, port: Port) -> Result<u16, ControlError> {
+    type Error = ClusterError;
+    async fn port(&self, service: &str, port: Port) -> Result<u16, ClusterError> {
         self.0.allocate(service, port.port).await
     }
 }
 
 impl<S: Store> PortAllocator for Peek<'_, S> {
-    type Error = ControlError;
-    async fn port(&self, service: &str, port: Port) -> Result<u16, ControlError> {
+    type Error = ClusterError;
+    async fn port(&self, service: &str, port: Port) -> Result<u16, ClusterError> {
         Ok(self.0.get(service, port.port).await?.unwrap_or(0))
     }
 }

@@ -16,7 +16,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use super::{descriptor::Descriptor, sync::Endpoints};
+use super::{descriptor::Descriptor, endpoints::Endpoints};
 use crate::datapath::{Algo, Frontend, ServiceSpec};
 
 /// The address a container's descriptors are served on, inside its own network namespace.
@@ -114,7 +114,7 @@ pub fn desired(
                         .filter(SocketAddr::is_ipv4)
                         .collect();
                     let spec = ServiceSpec {
-                        name: super::sync::fit_name(&format!("{}:{}", c.id, d.var)),
+                        name: super::endpoints::fit_name(&format!("{}:{}", c.id, d.var)),
                         frontend,
                         algo,
                         backends: backends.into_iter().collect(),

@@ -3,8 +3,13 @@
 //!
 //! - `registration`: the registration record and its key
 //! - `descriptor`: `BACKEND_X=name[tags];port/proto` parsing and matching
+//! - `endpoints`: the registrations known, by key and by service
+//! - `registrator`: running instances -> their registrations
+//! - `embassy`: containers' descriptors -> netns-scoped services
+//! - `sync`: the store -> the datapath
 pub mod descriptor;
 pub mod embassy;
+pub mod endpoints;
 pub mod registration;
 pub mod registrator;
 pub mod sync;

@@ -25,8 +25,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 use viking::{
-    control::ports::PortAllocation,
-    control::DEFAULT_PORT_RANGE,
+    cluster::ports::PortAllocation,
+    cluster::DEFAULT_PORT_RANGE,
     datapath::{maps_dir, Algo, Datapath, DatapathConfig, Frontend, Proto, ServiceTable},
     discovery::{embassy::Containers, registration::Endpoint, sync},
     store::{EtcdStore, Store, WatchEvent},

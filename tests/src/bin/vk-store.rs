@@ -11,7 +11,7 @@
 use std::{io::Write as _, time::Duration};
 
 use viking::{
-    control::{self, membership, HostInfo},
+    cluster::{self, membership, HostInfo},
     store::{AnyStore, EmbeddedStore, EtcdOptions, Store, StoreSpec},
 };
 
@@ -43,7 +43,7 @@ async fn main() {
         ["campaign", spec, id, ttl] => {
             let store = open(spec).await;
             loop {
-                match control::campaign(&store, id, secs(ttl)).await {
+                match cluster::campaign(&store, id, secs(ttl)).await {
                     Ok(leadership) => {
                         say(format!("LEADER {id}"));
                         leadership.lost().await;

@@ -14,7 +14,7 @@ use std::{
 };
 
 use viking::{
-    control::DEFAULT_PORT_RANGE,
+    cluster::DEFAULT_PORT_RANGE,
     datapath::{
         maps_dir, netns::netns_cookie, Algo, Datapath, DatapathConfig, Frontend, Proto,
         ServiceSpec, ServiceTable,

@@ -11,7 +11,7 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use viking::{
-    control::{addresses::capacity, Addresses, ControlError},
+    cluster::{addresses::capacity, Addresses, ClusterError},
     store::{keys, Store},
 };
 use viking_tests::{etcd::Backend, store_tests};
@@ -21,7 +21,7 @@ const PER_CLIENT: usize = 200;
 const STACKS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
 
 fn pool() -> Ipv4Network {
-    viking::control::DEFAULT_POOL.parse().unwrap()
+    viking::cluster::DEFAULT_POOL.parse().unwrap()
 }
 
 /// 8 clients x 200 containers over 4 stacks at once: no address twice, each inside its stack's
@@ -72,7 +72,7 @@ async fn concurrent_addresses<B: Backend>(b: &B) {
         assert!(
             *ip != net.network()
                 && *ip != net.broadcast()
-                && *ip != viking::control::addresses::gateway(net)
+                && *ip != viking::cluster::addresses::gateway(net)
         );
     }
     // 400 containers per stack: a /23 each, all inside the pool and disjoint.
@@ -98,7 +98,7 @@ async fn concurrent_addresses<B: Backend>(b: &B) {
 /// count; a full subnet is a clear error; a removed stack frees everything.
 async fn release_and_reuse<B: Backend>(b: &B) {
     let alloc = Addresses::new(b.client().await, "10.99.0.0/22".parse().unwrap());
-    assert!(matches!(alloc.address("web", "web/0").await, Err(ControlError::NoSubnet { .. })));
+    assert!(matches!(alloc.address("web", "web/0").await, Err(ClusterError::NoSubnet { .. })));
     let small = alloc.subnet("small", 2).await.unwrap();
     assert_eq!(small.prefix(), 24);
     let big = alloc.subnet("big", 300).await.unwrap();
@@ -107,14 +107,14 @@ async fn release_and_reuse<B: Backend>(b: &B) {
     let third = alloc.subnet("third", 1).await.unwrap();
     // The pool (a /22) is now full.
     let e = alloc.subnet("fourth", 1).await.unwrap_err();
-    assert!(matches!(e, ControlError::PoolExhausted { .. }), "{e}");
+    assert!(matches!(e, ClusterError::PoolExhausted { .. }), "{e}");
     // Fill "small" to the brim: 253 containers, then a clear error.
     for i in 0..253 {
         alloc.address("small", &format!("small/{i}")).await.unwrap();
     }
     let e = alloc.address("small", "small/253").await.unwrap_err();
     assert!(
-        matches!(e, ControlError::SubnetFull { .. }) && e.to_string().contains(&small.to_string()),
+        matches!(e, ClusterError::SubnetFull { .. }) && e.to_string().contains(&small.to_string()),
         "{e}"
     );
     // Release one: it is the only one free, so it is what the next container gets.
@@ -125,7 +125,7 @@ async fn release_and_reuse<B: Backend>(b: &B) {
     assert_eq!(alloc.subnet("fourth", 1).await.unwrap(), third);
     // A subnet too small for a new instance count is replaced while empty, refused otherwise.
     let e = alloc.subnet("small", 600).await.unwrap_err();
-    assert!(matches!(e, ControlError::SubnetTooSmall { .. }), "{e}");
+    assert!(matches!(e, ClusterError::SubnetTooSmall { .. }), "{e}");
     let store = b.client().await;
     assert!(store.get(&keys::subnet("fourth")).await.unwrap().is_some());
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use viking::{
-    control::{membership, Addresses, AmbassadorPorts, DEFAULT_PORT_RANGE},
+    cluster::{membership, Addresses, AmbassadorPorts, DEFAULT_PORT_RANGE},
     store::{keys, EtcdOptions, EtcdStore, Listing, Store, StoreSpec},
 };
 use viking_tests::{etcd::Backend, store_tests};
@@ -18,7 +18,7 @@ fn snapshot(l: &Listing) -> Vec<(String, Vec<u8>, i64)> {
 async fn malformed_values<B: Backend>(b: &B) {
     let s = b.client().await;
     let ports = AmbassadorPorts::new(s.clone(), DEFAULT_PORT_RANGE);
-    let ips = Addresses::new(s.clone(), viking::control::DEFAULT_POOL.parse().unwrap());
+    let ips = Addresses::new(s.clone(), viking::cluster::DEFAULT_POOL.parse().unwrap());
     ports.allocate("web_app", 80).await.unwrap();
     ips.subnet("web", 3).await.unwrap();
     ips.address("web", "web/0").await.unwrap();

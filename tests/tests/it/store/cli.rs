@@ -6,7 +6,7 @@
 use std::{process::Command, time::Duration};
 
 use viking::{
-    control::{membership, Addresses, AmbassadorPorts, HostInfo, DEFAULT_PORT_RANGE},
+    cluster::{membership, Addresses, AmbassadorPorts, HostInfo, DEFAULT_PORT_RANGE},
     store::{EmbeddedStore, Store},
 };
 use viking_tests::{
@@ -39,7 +39,7 @@ async fn populate<S: Store>(s: &S) -> membership::Member<S> {
     let ports = AmbassadorPorts::new(s.clone(), DEFAULT_PORT_RANGE);
     ports.allocate("shop_db", 5432).await.unwrap();
     ports.allocate("shop_web", 80).await.unwrap();
-    let ips = Addresses::new(s.clone(), viking::control::DEFAULT_POOL.parse().unwrap());
+    let ips = Addresses::new(s.clone(), viking::cluster::DEFAULT_POOL.parse().unwrap());
     ips.subnet("shop", 2).await.unwrap();
     ips.address("shop", "web/0").await.unwrap();
     membership::join(s, host("edge1"), Duration::from_secs(5)).await.unwrap()

@@ -13,7 +13,7 @@ use std::{
 };
 
 use viking::{
-    control::{Addresses, AmbassadorPorts, DEFAULT_PORT_RANGE},
+    cluster::{Addresses, AmbassadorPorts, DEFAULT_PORT_RANGE},
     store::{keys, Store, WatchEvent},
 };
 use viking_tests::etcd::Etcd;
@@ -34,7 +34,7 @@ async fn allocations_survive_a_member_kill() {
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let ports = AmbassadorPorts::new(store.clone(), DEFAULT_PORT_RANGE);
-            let ips = Addresses::new(store, viking::control::DEFAULT_POOL.parse().unwrap());
+            let ips = Addresses::new(store, viking::cluster::DEFAULT_POOL.parse().unwrap());
             ips.subnet("cluster", 1000).await.unwrap();
             let mut got = Vec::new();
             for i in 0..PER_CLIENT {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use viking::{
-    control::{self, leader},
+    cluster::{self, leader},
     store::Store,
 };
 use viking_tests::{
@@ -26,11 +26,11 @@ const TTL: Duration = Duration::from_secs(2);
 /// revoked under it, it learns at once and the other leads; resigning hands over at once.
 async fn handover<B: Backend>(b: &B) {
     let (sa, sb) = (b.client().await, b.client().await);
-    let a = control::campaign(&sa, "a", TTL).await.unwrap();
+    let a = cluster::campaign(&sa, "a", TTL).await.unwrap();
     assert!(a.is_leader());
     assert_eq!(leader::leader(&sa).await.unwrap().as_deref(), Some("a"));
     let sb2 = sb.clone();
-    let mut b_task = tokio::spawn(async move { control::campaign(&sb2, "b", TTL).await.unwrap() });
+    let mut b_task = tokio::spawn(async move { cluster::campaign(&sb2, "b", TTL).await.unwrap() });
     // b waits while a leads (a keeps its lease alive well past the TTL).
     assert!(tokio::time::timeout(TTL * 2, &mut b_task).await.is_err(), "b led while a did");
     assert!(a.is_leader());
@@ -45,7 +45,7 @@ async fn handover<B: Backend>(b: &B) {
     assert_eq!(leader::leader(&sb).await.unwrap().as_deref(), Some("b"));
     // a campaigns again and waits; b resigns: a leads at once.
     let sa2 = sa.clone();
-    let a_again = tokio::spawn(async move { control::campaign(&sa2, "a", TTL).await.unwrap() });
+    let a_again = tokio::spawn(async move { cluster::campaign(&sa2, "a", TTL).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
     b_lead.resign().await.unwrap();
@@ -59,9 +59,9 @@ async fn handover<B: Backend>(b: &B) {
 /// the TTL.
 async fn dropped_leader_lapses<B: Backend>(b: &B) {
     let s = b.client().await;
-    let a = control::campaign(&s, "a", TTL).await.unwrap();
+    let a = cluster::campaign(&s, "a", TTL).await.unwrap();
     let s2 = s.clone();
-    let b_task = tokio::spawn(async move { control::campaign(&s2, "b", TTL).await.unwrap() });
+    let b_task = tokio::spawn(async move { cluster::campaign(&s2, "b", TTL).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
     drop(a);

@@ -9,9 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use viking::control::{
+use viking::cluster::{
     membership::{self, Capacity, HostEvent, HostInfo, HostWatcher},
-    ControlError,
+    ClusterError,
 };
 use viking::store::{keys, Store};
 use viking_tests::{
@@ -88,7 +88,7 @@ async fn updates_and_bad_records<B: Backend>(b: &B) {
     s.put(&keys::host("broken"), b"{not json".to_vec(), None).await.unwrap();
     let e = membership::hosts(&s).await.unwrap_err();
     assert!(
-        matches!(e, ControlError::BadValue(_)) && e.to_string().contains("/viking/hosts/broken"),
+        matches!(e, ClusterError::BadValue(_)) && e.to_string().contains("/viking/hosts/broken"),
         "{e}"
     );
     s.delete(&keys::host("broken")).await.unwrap();

@@ -8,7 +8,7 @@ use std::{
 };
 
 use viking::{
-    control::{AmbassadorPorts, ControlError, PortRange, DEFAULT_PORT_RANGE},
+    cluster::{AmbassadorPorts, ClusterError, PortRange, DEFAULT_PORT_RANGE},
     store::{keys, Store},
 };
 use viking_tests::{etcd::Backend, store_tests};
@@ -85,7 +85,7 @@ async fn exhaustion_and_reuse<B: Backend>(b: &B) {
     assert_eq!(given, (30000..=30009).collect::<Vec<u16>>());
     // Two ports of one service are two allocations; tcp and udp of one port share one.
     let e = ports.allocate("web_more", 53).await.unwrap_err();
-    assert!(matches!(e, ControlError::PortsExhausted { .. }), "{e}");
+    assert!(matches!(e, ClusterError::PortsExhausted { .. }), "{e}");
     assert!(e.to_string().contains("30000-30009"), "{e}");
     // Redeploy: same answers, nothing new.
     for (i, port) in given.iter().enumerate() {
@@ -98,7 +98,7 @@ async fn exhaustion_and_reuse<B: Backend>(b: &B) {
     let (ok, err): (Vec<_>, Vec<_>) = [a, b2].into_iter().partition(Result::is_ok);
     assert_eq!(ok.len(), 1, "exactly one of two racing services gets the one free port");
     assert_eq!(*ok[0].as_ref().unwrap(), 30003);
-    assert!(matches!(err[0], Err(ControlError::PortsExhausted { .. })));
+    assert!(matches!(err[0], Err(ClusterError::PortsExhausted { .. })));
     // The store holds exactly the records we expect.
     let store = b.client().await;
     let listing = store.list(keys::PORTS).await.unwrap();

@@ -7,7 +7,7 @@
 use std::{process::Command, time::Duration};
 
 use viking::{
-    control::{membership, HostInfo},
+    cluster::{membership, HostInfo},
     store::{keys, EtcdOptions, EtcdStore, Store, WatchEvent},
 };
 use viking_tests::{agent::AgentProc, etcd::Etcd, viking_bin};

@@ -21,7 +21,7 @@ use std::{
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
-use super::{error::check_name, retry::Attempts, ControlError};
+use super::{error::check_name, retry::Attempts, ClusterError};
 use crate::store::{keys, Compare, KeyValue, Listing, Op, Store, Txn};
 
 /// The default pool: weave's default allocation range, private (RFC 1918) and clear of
@@ -84,40 +84,40 @@ pub struct Addresses<S> {
     pool: Ipv4Network,
 }
 
-fn parse_subnet(kv: &KeyValue) -> Result<Ipv4Network, ControlError> {
+fn parse_subnet(kv: &KeyValue) -> Result<Ipv4Network, ClusterError> {
     let text = kv.text()?.trim();
     let net: Ipv4Network = text.parse().map_err(|_| {
-        ControlError::bad_value(&kv.key, &kv.value, "not an IPv4 subnet like 10.32.0.0/24")
+        ClusterError::bad_value(&kv.key, &kv.value, "not an IPv4 subnet like 10.32.0.0/24")
     })?;
     if net.network() != net.ip() {
-        return Err(ControlError::bad_value(&kv.key, &kv.value, "not a subnet's network address"));
+        return Err(ClusterError::bad_value(&kv.key, &kv.value, "not a subnet's network address"));
     }
     if net.prefix() > 30 {
-        return Err(ControlError::bad_value(&kv.key, &kv.value, "smaller than a /30"));
+        return Err(ClusterError::bad_value(&kv.key, &kv.value, "smaller than a /30"));
     }
     Ok(net)
 }
 
-fn parse_owner(kv: &KeyValue) -> Result<String, ControlError> {
+fn parse_owner(kv: &KeyValue) -> Result<String, ClusterError> {
     let owner = kv.text()?.trim();
     if owner.is_empty() {
-        return Err(ControlError::bad_value(&kv.key, &kv.value, "no owner"));
+        return Err(ClusterError::bad_value(&kv.key, &kv.value, "no owner"));
     }
     Ok(owner.to_string())
 }
 
-fn subnet_stack(key: &str) -> Result<String, ControlError> {
+fn subnet_stack(key: &str) -> Result<String, ClusterError> {
     match key.strip_prefix(keys::SUBNETS) {
         Some(stack) if keys::segment_problem(stack).is_none() => Ok(stack.to_string()),
-        _ => Err(ControlError::Invalid(format!(
+        _ => Err(ClusterError::Invalid(format!(
             "key {key} is not a subnet record (/viking/alloc/subnets/<stack>)"
         ))),
     }
 }
 
-fn ip_key(key: &str) -> Result<(String, Ipv4Addr), ControlError> {
+fn ip_key(key: &str) -> Result<(String, Ipv4Addr), ClusterError> {
     let bad = || {
-        ControlError::Invalid(format!(
+        ClusterError::Invalid(format!(
             "key {key} is not an address record (/viking/alloc/ips/<stack>/<ip>)"
         ))
     };
@@ -134,7 +134,7 @@ fn stack_ips(
     listing: &Listing,
     stack: &str,
     subnet: Option<Ipv4Network>,
-) -> Result<Vec<(Ipv4Addr, String, i64)>, ControlError> {
+) -> Result<Vec<(Ipv4Addr, String, i64)>, ClusterError> {
     let mut out = Vec::with_capacity(listing.kvs.len());
     for kv in &listing.kvs {
         let (s, ip) = ip_key(&kv.key)?;
@@ -143,7 +143,7 @@ fn stack_ips(
         }
         if let Some(net) = subnet {
             if !net.contains(ip) {
-                return Err(ControlError::Invalid(format!(
+                return Err(ClusterError::Invalid(format!(
                     "key {}: {ip} lies outside stack {stack}'s subnet {net}",
                     kv.key
                 )));
@@ -191,7 +191,7 @@ impl<S: Store> Addresses<S> {
     }
 
     /// Every stack's subnet, checked, with the listing's revision.
-    async fn subnets(&self) -> Result<(Vec<(String, Ipv4Network, KeyValue)>, i64), ControlError> {
+    async fn subnets(&self) -> Result<(Vec<(String, Ipv4Network, KeyValue)>, i64), ClusterError> {
         let listing = self.store.list(keys::SUBNETS).await?;
         let mut out = Vec::with_capacity(listing.kvs.len());
         for kv in listing.kvs {
@@ -203,11 +203,11 @@ impl<S: Store> Addresses<S> {
     /// The subnet of `stack`, allocated for `instances` containers if it has none. An existing
     /// subnet too small for `instances` is replaced while the stack has no addresses, and is
     /// an error otherwise.
-    pub async fn subnet(&self, stack: &str, instances: u64) -> Result<Ipv4Network, ControlError> {
+    pub async fn subnet(&self, stack: &str, instances: u64) -> Result<Ipv4Network, ClusterError> {
         check_name("stack", stack)?;
         let prefix = prefix_for(instances);
         if prefix < self.pool.prefix() {
-            return Err(ControlError::PoolTooSmall {
+            return Err(ClusterError::PoolTooSmall {
                 stack: stack.into(),
                 needed: instances + RESERVED,
                 pool: self.pool.to_string(),
@@ -224,7 +224,7 @@ impl<S: Store> Addresses<S> {
                 Some((_, net, kv)) => {
                     let ips = self.store.list(&keys::stack_ips(stack)).await?;
                     if !ips.kvs.is_empty() {
-                        return Err(ControlError::SubnetTooSmall {
+                        return Err(ClusterError::SubnetTooSmall {
                             stack: stack.into(),
                             subnet: net.to_string(),
                             capacity: capacity(*net),
@@ -239,7 +239,7 @@ impl<S: Store> Addresses<S> {
             let taken: Vec<Ipv4Network> =
                 all.iter().filter(|(s, _, _)| s != stack).map(|(_, n, _)| *n).collect();
             let block = free_block(self.pool, prefix, &taken).ok_or_else(|| {
-                ControlError::PoolExhausted {
+                ClusterError::PoolExhausted {
                     pool: self.pool.to_string(),
                     prefix,
                     stack: stack.into(),
@@ -257,11 +257,11 @@ impl<S: Store> Addresses<S> {
 
     /// The address of `owner` (a container of `stack`): the one it has, else a free one in the
     /// stack's subnet.
-    pub async fn address(&self, stack: &str, owner: &str) -> Result<Ipv4Addr, ControlError> {
+    pub async fn address(&self, stack: &str, owner: &str) -> Result<Ipv4Addr, ClusterError> {
         check_name("stack", stack)?;
         let owner = owner.trim();
         if owner.is_empty() || owner.chars().any(char::is_control) {
-            return Err(ControlError::Invalid(format!(
+            return Err(ClusterError::Invalid(format!(
                 "stack {stack}: address owner {owner:?} must be non-empty text"
             )));
         }
@@ -272,7 +272,7 @@ impl<S: Store> Addresses<S> {
         let mut subnet_now = self.store.get(&subnet_key).await?;
         loop {
             let Some(subnet_kv) = subnet_now.take() else {
-                return Err(ControlError::NoSubnet { stack: stack.into() });
+                return Err(ClusterError::NoSubnet { stack: stack.into() });
             };
             let subnet = parse_subnet(&subnet_kv)?;
             let listing = self.store.list(&prefix).await?;
@@ -295,7 +295,7 @@ impl<S: Store> Addresses<S> {
                 .find(|ip| !used.contains(ip))
                 .map(Ipv4Addr::from);
             let Some(ip) = free else {
-                return Err(ControlError::SubnetFull {
+                return Err(ClusterError::SubnetFull {
                     stack: stack.into(),
                     subnet: subnet.to_string(),
                     used: ips.len(),
@@ -325,7 +325,7 @@ impl<S: Store> Addresses<S> {
     }
 
     /// Releases one address.
-    pub async fn release_address(&self, stack: &str, ip: Ipv4Addr) -> Result<bool, ControlError> {
+    pub async fn release_address(&self, stack: &str, ip: Ipv4Addr) -> Result<bool, ClusterError> {
         check_name("stack", stack)?;
         Ok(self.store.delete(&keys::ip(stack, ip)).await?)
     }
@@ -335,7 +335,7 @@ impl<S: Store> Addresses<S> {
         &self,
         stack: &str,
         owner: &str,
-    ) -> Result<Option<Ipv4Addr>, ControlError> {
+    ) -> Result<Option<Ipv4Addr>, ClusterError> {
         check_name("stack", stack)?;
         let listing = self.store.list(&keys::stack_ips(stack)).await?;
         for (ip, o, _) in stack_ips(&listing, stack, None)? {
@@ -348,7 +348,7 @@ impl<S: Store> Addresses<S> {
     }
 
     /// Releases a stack's subnet and every address in it, atomically (the stack was removed).
-    pub async fn release_stack(&self, stack: &str) -> Result<(), ControlError> {
+    pub async fn release_stack(&self, stack: &str) -> Result<(), ClusterError> {
         check_name("stack", stack)?;
         self.store
             .txn(Txn::when([]).then([
@@ -360,7 +360,7 @@ impl<S: Store> Addresses<S> {
     }
 
     /// Every subnet and address, sorted.
-    pub async fn list(&self) -> Result<AddressTable, ControlError> {
+    pub async fn list(&self) -> Result<AddressTable, ClusterError> {
         let (subnets, _) = self.subnets().await?;
         let nets: BTreeMap<&str, Ipv4Network> =
             subnets.iter().map(|(stack, net, _)| (stack.as_str(), *net)).collect();
@@ -371,13 +371,13 @@ impl<S: Store> Addresses<S> {
             match nets.get(stack.as_str()) {
                 Some(net) if net.contains(ip) => {}
                 Some(net) => {
-                    return Err(ControlError::Invalid(format!(
+                    return Err(ClusterError::Invalid(format!(
                         "key {}: {ip} lies outside stack {stack}'s subnet {net}",
                         kv.key
                     )))
                 }
                 None => {
-                    return Err(ControlError::Invalid(format!(
+                    return Err(ClusterError::Invalid(format!(
                         "key {}: stack {stack} has no subnet",
                         kv.key
                     )))

@@ -3,7 +3,7 @@ use crate::store::{BadValue, StoreError};
 /// What can go wrong allocating, registering or electing. Bad stored data names its key;
 /// a failed operation changes nothing in the store.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub enum ClusterError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -30,7 +30,7 @@ pub enum ControlError {
     Invalid(String),
 }
 
-impl ControlError {
+impl ClusterError {
     pub(crate) fn bad_value(key: &str, value: &[u8], reason: impl Into<String>) -> Self {
         Self::BadValue(BadValue {
             key: key.to_string(),
@@ -40,9 +40,9 @@ impl ControlError {
     }
 }
 
-pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), ControlError> {
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), ClusterError> {
     match crate::store::keys::segment_problem(name) {
-        Some(reason) => Err(ControlError::BadName { what, name: name.to_string(), reason }),
+        Some(reason) => Err(ClusterError::BadName { what, name: name.to_string(), reason }),
         None => Ok(()),
     }
 }

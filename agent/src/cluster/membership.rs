@@ -10,7 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{error::check_name, ControlError};
+use super::{error::check_name, ClusterError};
 use crate::store::{keys, KeyValue, Lease, LeaseId, Store, Watch, WatchEvent};
 
 /// How long a host stays listed after its agent stops refreshing.
@@ -61,24 +61,24 @@ pub struct Host {
     pub lease: Option<LeaseId>,
 }
 
-fn parse(kv: &KeyValue) -> Result<HostInfo, ControlError> {
+fn parse(kv: &KeyValue) -> Result<HostInfo, ClusterError> {
     let name = match kv.key.strip_prefix(keys::HOSTS) {
         Some(n) if keys::segment_problem(n).is_none() => n.to_string(),
         _ => {
-            return Err(ControlError::Invalid(format!(
+            return Err(ClusterError::Invalid(format!(
                 "key {} is not a host record (/viking/hosts/<host>)",
                 kv.key
             )))
         }
     };
     let mut info: HostInfo = serde_json::from_slice(&kv.value)
-        .map_err(|e| ControlError::bad_value(&kv.key, &kv.value, format!("not host JSON: {e}")))?;
+        .map_err(|e| ClusterError::bad_value(&kv.key, &kv.value, format!("not host JSON: {e}")))?;
     info.name = name;
     Ok(info)
 }
 
 /// Every registered host, sorted by name. A record that does not parse is an error naming it.
-pub async fn hosts<S: Store>(store: &S) -> Result<Vec<Host>, ControlError> {
+pub async fn hosts<S: Store>(store: &S) -> Result<Vec<Host>, ClusterError> {
     let listing = store.list(keys::HOSTS).await?;
     listing.kvs.iter().map(|kv| Ok(Host { info: parse(kv)?, lease: kv.lease })).collect()
 }
@@ -97,9 +97,9 @@ async fn register<S: Store>(
     store: &S,
     info: &HostInfo,
     ttl: Duration,
-) -> Result<Lease<S>, ControlError> {
+) -> Result<Lease<S>, ClusterError> {
     let value = serde_json::to_vec(info)
-        .map_err(|e| ControlError::Invalid(format!("host {}: {e}", info.name)))?;
+        .map_err(|e| ClusterError::Invalid(format!("host {}: {e}", info.name)))?;
     let lease = Lease::grant(store, ttl).await?;
     store.put(&keys::host(&info.name), value, Some(lease.id())).await?;
     Ok(lease)
@@ -110,7 +110,7 @@ pub async fn join<S: Store>(
     store: &S,
     info: HostInfo,
     ttl: Duration,
-) -> Result<Member<S>, ControlError> {
+) -> Result<Member<S>, ClusterError> {
     check_name("host", &info.name)?;
     let lease = register(store, &info, ttl).await?;
     tracing::info!(host = %info.name, address = %info.address, lease = %lease.id(), "joined the cluster");
@@ -156,7 +156,7 @@ impl<S: Store> Member<S> {
     }
 
     /// Leaves now: the registration goes at once.
-    pub async fn leave(self) -> Result<(), ControlError> {
+    pub async fn leave(self) -> Result<(), ClusterError> {
         self.task.abort();
         if let Some(lease) = *self.lease.borrow() {
             self.store.revoke(lease).await?;
@@ -200,7 +200,7 @@ fn lenient(kv: &KeyValue) -> Option<HostInfo> {
 }
 
 impl HostWatcher {
-    pub async fn start<S: Store>(store: &S) -> Result<Self, ControlError> {
+    pub async fn start<S: Store>(store: &S) -> Result<Self, ClusterError> {
         let listing = store.list(keys::HOSTS).await?;
         let known = listing.kvs.iter().filter_map(lenient).map(|h| (h.name.clone(), h)).collect();
         let watch = store.watch(keys::HOSTS, Some(listing.revision + 1)).await?;

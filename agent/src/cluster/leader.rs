@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::ControlError;
+use super::ClusterError;
 use crate::store::{keys, LeaderKey, Lease, Store, StoreError, WatchEvent};
 
 /// How long a dead leader keeps leading: its lease TTL.
@@ -27,7 +27,7 @@ pub async fn campaign<S: Store>(
     store: &S,
     id: &str,
     ttl: Duration,
-) -> Result<Leadership<S>, ControlError> {
+) -> Result<Leadership<S>, ClusterError> {
     let lease = Lease::grant(store, ttl).await?;
     let key = tokio::select! {
         key = store.campaign(keys::LEADER, id.as_bytes().to_vec(), lease.id()) => key?,
@@ -104,7 +104,7 @@ impl<S: Store> Leadership<S> {
     }
 
     /// Steps down now: another candidate leads at once.
-    pub async fn resign(self) -> Result<(), ControlError> {
+    pub async fn resign(self) -> Result<(), ClusterError> {
         self.monitor.abort();
         self.store.resign(&self.key).await?;
         self.store.revoke(self.lease.id()).await?;
@@ -119,7 +119,7 @@ impl<S: Store> Drop for Leadership<S> {
 }
 
 /// The current leader's id, if any.
-pub async fn leader<S: Store>(store: &S) -> Result<Option<String>, ControlError> {
+pub async fn leader<S: Store>(store: &S) -> Result<Option<String>, ClusterError> {
     match store.leader(keys::LEADER).await? {
         Some(kv) => Ok(Some(kv.text()?.to_string())),
         None => Ok(None),

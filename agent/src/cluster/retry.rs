@@ -2,7 +2,7 @@
 //! that writers racing for one key spread out.
 use std::time::Duration;
 
-use super::ControlError;
+use super::ClusterError;
 
 /// Attempts before a CAS loop gives up. Each lost attempt means another writer succeeded, so
 /// reaching it means sustained contention, not a stuck store.
@@ -19,10 +19,10 @@ impl Attempts {
     }
 
     /// Call after losing a race: pauses briefly, or fails after `MAX_ATTEMPTS`.
-    pub(crate) async fn lost(&mut self) -> Result<(), ControlError> {
+    pub(crate) async fn lost(&mut self) -> Result<(), ClusterError> {
         self.n += 1;
         if self.n >= MAX_ATTEMPTS {
-            return Err(ControlError::Contention { what: self.what.clone(), attempts: self.n });
+            return Err(ClusterError::Contention { what: self.what.clone(), attempts: self.n });
         }
         // NB: a lost compare-and-swap means another writer won, so there is no livelock to
         // break: retry at once at first; spread out only under sustained contention.

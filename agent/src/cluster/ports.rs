@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, fmt, str::FromStr};
 
 use serde::Serialize;
 
-use super::{error::check_name, retry::Attempts, ControlError};
+use super::{error::check_name, retry::Attempts, ClusterError};
 use crate::{
     stack::Port,
     store::{keys, Compare, KeyValue, Op, Store, Txn},
@@ -98,26 +98,26 @@ pub struct AmbassadorPorts<S> {
     counter: std::sync::Arc<std::sync::Mutex<Option<KeyValue>>>,
 }
 
-fn parse_port(kv: &KeyValue) -> Result<u16, ControlError> {
+fn parse_port(kv: &KeyValue) -> Result<u16, ClusterError> {
     let text = kv.text()?;
     match text.trim().parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(ControlError::bad_value(&kv.key, &kv.value, "not a port number 1-65535")),
+        _ => Err(ClusterError::bad_value(&kv.key, &kv.value, "not a port number 1-65535")),
     }
 }
 
-fn parse_counter(kv: &KeyValue) -> Result<u32, ControlError> {
+fn parse_counter(kv: &KeyValue) -> Result<u32, ClusterError> {
     let text = kv.text()?;
     match text.trim().parse::<u32>() {
         Ok(n) if n <= 65536 => Ok(n),
-        _ => Err(ControlError::bad_value(&kv.key, &kv.value, "not a port counter 0-65536")),
+        _ => Err(ClusterError::bad_value(&kv.key, &kv.value, "not a port counter 0-65536")),
     }
 }
 
 /// `<service>/<port>` of an allocation key, or an error naming the key.
-fn parse_key(key: &str) -> Result<(String, u16), ControlError> {
+fn parse_key(key: &str) -> Result<(String, u16), ClusterError> {
     let bad = || {
-        ControlError::Invalid(format!(
+        ClusterError::Invalid(format!(
             "key {key} is not an ambassador port record (/viking/alloc/ports/<stack>_<job>/<port>)"
         ))
     };
@@ -151,10 +151,10 @@ impl<S: Store> AmbassadorPorts<S> {
 
     /// The ambassador port of `service`'s container `port`: the one it already has, else a
     /// new one from the counter.
-    pub async fn allocate(&self, service: &str, port: u16) -> Result<u16, ControlError> {
+    pub async fn allocate(&self, service: &str, port: u16) -> Result<u16, ClusterError> {
         check_name("service", service)?;
         if port == 0 {
-            return Err(ControlError::Invalid(format!("service {service}: port 0 is not a port")));
+            return Err(ClusterError::Invalid(format!("service {service}: port 0 is not a port")));
         }
         let key = keys::service_port(service, port);
         let mut attempts = Attempts::new(format!("allocating an ambassador port for {key}"));
@@ -224,7 +224,7 @@ impl<S: Store> AmbassadorPorts<S> {
 
     /// After the counter has wrapped: the lowest port of the range no service holds, the
     /// compare that makes sure no allocation happened since we looked, and the counter then.
-    async fn reuse(&self) -> Result<(u16, Compare, Option<u32>), ControlError> {
+    async fn reuse(&self) -> Result<(u16, Compare, Option<u32>), ClusterError> {
         let listing = self.store.list(keys::PORTS).await?;
         let mut used = BTreeSet::new();
         let mut counter_rev = None;
@@ -245,7 +245,7 @@ impl<S: Store> AmbassadorPorts<S> {
         let free = (self.range.first..=self.range.last).find(|p| !used.contains(p));
         match free {
             Some(p) => Ok((p, cmp, counter)),
-            None => Err(ControlError::PortsExhausted {
+            None => Err(ClusterError::PortsExhausted {
                 range: self.range.to_string(),
                 used: used.iter().filter(|p| self.range.contains(**p)).count(),
             }),
@@ -253,7 +253,7 @@ impl<S: Store> AmbassadorPorts<S> {
     }
 
     /// The ambassador port of a service port, if it has one.
-    pub async fn get(&self, service: &str, port: u16) -> Result<Option<u16>, ControlError> {
+    pub async fn get(&self, service: &str, port: u16) -> Result<Option<u16>, ClusterError> {
         check_name("service", service)?;
         match self.store.get(&keys::service_port(service, port)).await? {
             Some(kv) => parse_port(&kv).map(Some),
@@ -262,19 +262,19 @@ impl<S: Store> AmbassadorPorts<S> {
     }
 
     /// Releases one service port's ambassador port.
-    pub async fn release(&self, service: &str, port: u16) -> Result<bool, ControlError> {
+    pub async fn release(&self, service: &str, port: u16) -> Result<bool, ClusterError> {
         check_name("service", service)?;
         Ok(self.store.delete(&keys::service_port(service, port)).await?)
     }
 
     /// Releases every ambassador port of a service (it was removed).
-    pub async fn release_service(&self, service: &str) -> Result<u64, ControlError> {
+    pub async fn release_service(&self, service: &str) -> Result<u64, ClusterError> {
         check_name("service", service)?;
         Ok(self.store.delete_prefix(&keys::service_ports(service)).await?)
     }
 
     /// Everything allocated, sorted by service and port.
-    pub async fn list(&self) -> Result<PortTable, ControlError> {
+    pub async fn list(&self) -> Result<PortTable, ClusterError> {
         let listing = self.store.list(keys::PORTS).await?;
         let mut table = PortTable::default();
         for kv in &listing.kvs {
@@ -292,12 +292,12 @@ impl<S: Store> AmbassadorPorts<S> {
 
 /// What `stack::plan` asks for: the ambassador port of a linked service's port.
 impl<S: Store> crate::stack::plan::PortAllocator for AmbassadorPorts<S> {
-    type Error = ControlError;
+    type Error = ClusterError;
     fn port(
         &self,
         service: &str,
         port: Port,
-    ) -> impl std::future::Future<Output = Result<u16, ControlError>> + Send {
+    ) -> impl std::future::Future<Output = Result<u16, ClusterError>> + Send {
         self.allocate(service, port.port)
     }
 }
