@@ -28,7 +28,7 @@ use viking::{
     cluster::ports::PortAllocation,
     cluster::DEFAULT_PORT_RANGE,
     datapath::{maps_dir, Algo, Datapath, DatapathConfig, Frontend, Proto, ServiceTable},
-    discovery::{embassy::Containers, registration::Endpoint, sync},
+    discovery::{embassy::Containers, endpoints::Endpoints, registration::Endpoint, sync},
     store::{EtcdStore, Store, WatchEvent},
 };
 
@@ -367,7 +367,7 @@ fn passes(
             ambassador_port: DEFAULT_PORT_RANGE.first + i as u16,
         })
         .collect();
-    let mut endpoints = sync::Endpoints::default();
+    let mut endpoints = Endpoints::default();
     let mut host_ports = vec![30000u16; services];
     for (i, hp) in host_ports.iter().enumerate() {
         endpoints.insert(Endpoint::parse(&registration_key(i), &registration(i, *hp))?);
