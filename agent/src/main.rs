@@ -88,9 +88,25 @@ enum Command {
         /// Where this agent serves the API.
         #[arg(long, env = "VIKING_API", default_value = DEFAULT_API)]
         api: SocketAddr,
-        /// The address other hosts reach this one on (default: the API's, or 127.0.0.1).
-        #[arg(long)]
+        /// The address other hosts reach this one on: the overlay's underlay, registrations,
+        /// the leader's API (default: the API's when it is a specific address, else the
+        /// address the default route leaves from).
+        #[arg(long, env = "VIKING_ADDRESS")]
         address: Option<IpAddr>,
+        /// How instances on different hosts reach each other: vxlan (hosts routed to each
+        /// other) or host-gw (hosts on one L2 segment).
+        #[arg(long, value_enum, default_value = "vxlan", env = "VIKING_OVERLAY")]
+        overlay: viking::overlay::Mode,
+        /// The overlay's UDP port (hosts must accept it from each other).
+        #[arg(long, default_value_t = viking::overlay::DEFAULT_VXLAN_PORT)]
+        overlay_port: u16,
+        /// The overlay's VXLAN network identifier (the same on every host).
+        #[arg(long, default_value_t = viking::overlay::DEFAULT_VNI)]
+        overlay_vni: u32,
+        /// Where stacks' subnets and instance addresses come from (the same on every host;
+        /// it must collide with no route of a host).
+        #[arg(long, default_value = viking::cluster::addresses::DEFAULT_POOL)]
+        overlay_pool: ipnetwork::Ipv4Network,
         /// This host's scheduling tags.
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -268,6 +284,10 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             drain,
             host_netns,
+            overlay,
+            overlay_port,
+            overlay_vni,
+            overlay_pool,
         } => {
             if cleanup {
                 return cli::agent::cleanup(&node.bpffs());
@@ -276,10 +296,9 @@ async fn main() -> anyhow::Result<()> {
                 Some(c) => c,
                 None => mounts::cgroup2_root()?,
             };
-            let address = address.unwrap_or(if api.ip().is_unspecified() {
-                IpAddr::from([127, 0, 0, 1])
-            } else {
-                api.ip()
+            let address = address.or_else(|| {
+                let ip = api.ip();
+                (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
             });
             let name = node.node();
             let runtime = runtime.unwrap_or(if docker_socket.exists() {
@@ -303,6 +322,12 @@ async fn main() -> anyhow::Result<()> {
                 tags,
                 token_file,
                 ambassador,
+                overlay: cli::agent::OverlayArgs {
+                    mode: overlay,
+                    port: overlay_port,
+                    vni: overlay_vni,
+                    pool: overlay_pool,
+                },
             })
             .await
         }

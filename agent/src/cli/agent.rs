@@ -1,5 +1,5 @@
-//! `viking agent`: the per-host daemon. It attaches the datapath, joins the cluster through
-//! the store, campaigns for leadership, and serves the API.
+//! `viking agent`: the per-host daemon. It attaches the datapath, sets up the overlay, joins
+//! the cluster through the store, campaigns for leadership, and serves the API.
 use std::{net::IpAddr, path::Path, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -15,6 +15,7 @@ use viking::{
     datapath::{Algo, Datapath, DatapathConfig},
     deploy::Deployer,
     discovery,
+    overlay::{self, Paths},
     runtime::{docker::DockerRuntime, exec::ExecRuntime, AnyRuntime, RuntimeConfig, RuntimeKind},
     store::{self, EtcdOptions, Store, StoreSpec},
 };
@@ -26,8 +27,8 @@ pub struct AgentConfig {
     /// etcd's TLS files.
     pub etcd: EtcdOptions,
     pub api: std::net::SocketAddr,
-    /// The address other hosts reach this one on.
-    pub address: IpAddr,
+    /// The address other hosts reach this one on (`None`: derived, see `host_address`).
+    pub address: Option<IpAddr>,
     pub tags: Vec<String>,
     pub token_file: PathBuf,
     /// The address links' env vars point containers at.
@@ -42,15 +43,60 @@ pub struct AgentConfig {
     pub drain: bool,
     /// The host's network namespace, when the agent runs outside it.
     pub host_netns: Option<PathBuf>,
+    pub overlay: OverlayArgs,
 }
 
-fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
+/// `--overlay`, `--overlay-port`, `--overlay-vni`, `--overlay-pool`.
+pub struct OverlayArgs {
+    pub mode: overlay::Mode,
+    pub port: u16,
+    pub vni: u32,
+    pub pool: ipnetwork::Ipv4Network,
+}
+
+/// The address other hosts reach this one on: `--address` (or the API's, when specific), else
+/// the one the host's default route leaves from. Without either, a single host on its embedded
+/// store uses 127.0.0.1; on a shared store that would tell every other host to dial its own
+/// loopback, so the agent refuses to start.
+async fn host_address(cfg: &AgentConfig) -> anyhow::Result<IpAddr> {
+    if let Some(a) = cfg.address {
+        return Ok(a);
+    }
+    let derived = overlay::setup::default_address(cfg.host_netns.as_deref())
+        .await
+        .context("looking for the default route to derive --address from")?;
+    if let Some(a) = derived {
+        tracing::info!(address = %a, "--address: the address the default route leaves from");
+        return Ok(IpAddr::V4(a));
+    }
+    match cfg.store {
+        StoreSpec::Embedded(_) => Ok(IpAddr::from([127, 0, 0, 1])),
+        StoreSpec::Etcd(_) => anyhow::bail!(
+            "no --address given and this host has no default route to derive it from: pass \
+             --address ADDR, the address the other hosts reach this one on (their overlay \
+             tunnels, registrations and forwarded API writes go there)"
+        ),
+    }
+}
+
+/// The API address the leader advertises: `--api` as given, or with the host's address in
+/// place of an unspecified one (`0.0.0.0:PORT` would send followers' writes to themselves).
+fn advertised_api(api: std::net::SocketAddr, address: IpAddr) -> std::net::SocketAddr {
+    if api.ip().is_unspecified() {
+        std::net::SocketAddr::new(address, api.port())
+    } else {
+        api
+    }
+}
+
+fn open_runtime(cfg: &AgentConfig, address: IpAddr, mtu: u32) -> anyhow::Result<AnyRuntime> {
     let rc = RuntimeConfig {
         node: cfg.node.clone(),
         data_dir: cfg.data_dir.clone(),
         cgroup: cfg.datapath.cgroup.clone(),
-        host_address: cfg.address,
+        host_address: address,
         host_netns: cfg.host_netns.clone(),
+        mtu: Some(mtu),
     };
     Ok(match cfg.runtime {
         RuntimeKind::Exec => AnyRuntime::Exec(
@@ -71,25 +117,47 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
-    let info = HostInfo {
+    let address = host_address(&cfg).await?;
+    let prepared = overlay::prepare(overlay::Config {
+        node: cfg.node.clone(),
+        mode: cfg.overlay.mode,
+        vni: cfg.overlay.vni,
+        port: cfg.overlay.port,
+        address,
+        pool: cfg.overlay.pool,
+        host_netns: cfg.host_netns.clone(),
+    })
+    .await?;
+    tracing::info!(
+        mode = ?cfg.overlay.mode,
+        underlay = %prepared.underlay.0,
+        mtu = prepared.mtu,
+        vtep = ?prepared.vtep,
+        "overlay ready"
+    );
+    let mut info = HostInfo {
         name: cfg.node.clone(),
-        address: cfg.address,
+        address,
         tags: cfg.tags.clone(),
         capacity: Default::default(),
         overlay_subnet: None,
+        vtep: None,
         load: membership::loadavg().unwrap_or(0),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
+    if let Some(vtep) = &prepared.vtep {
+        info.set_vtep(vtep);
+    }
     let member = cluster::membership::join(&store, info.clone(), membership::DEFAULT_TTL)
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
-    let leading =
-        elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: cfg.api.to_string() });
+    let api = advertised_api(cfg.api, address);
+    let leading = elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: api.to_string() });
 
-    let runtime = open_runtime(&cfg)?;
+    let runtime = open_runtime(&cfg, address, prepared.mtu)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
     let state = Arc::new(ApiState {
         deployer: deployer.clone(),
@@ -108,11 +176,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let (stop_tx, stop) = watch::channel(false);
     let (containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
-    let placer = Placer::new(
-        store.clone(),
-        deployer,
-        Addresses::new(store.clone(), cluster::addresses::default_pool()),
-    );
+    let placer =
+        Placer::new(store.clone(), deployer, Addresses::new(store.clone(), cfg.overlay.pool));
+    let (overlay, reach) = overlay::run::Overlay::new(store.clone(), prepared);
+    let overlay = tokio::spawn(overlay.run(stop.clone(), cfg.drain));
+    let (programmed_tx, programmed) = watch::channel(0);
     tokio::spawn(membership::report_load(store.clone(), info, member.lease_watch(), stop.clone()));
     let placement = tokio::spawn(control::placement::run(placer, leading.clone(), stop.clone()));
     let mut reconciler = Reconciler::new(
@@ -122,10 +190,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         member.lease_watch(),
         containers_tx,
     );
-    reconciler.host_routes = matches!(runtime, AnyRuntime::Exec(_));
-    reconciler.host_netns = cfg.host_netns.clone();
+    reconciler.paths = Some(Paths { reach, datapath: programmed });
     let reconcile = tokio::spawn(reconciler.run(stop.clone(), cfg.drain));
-    let discovery = tokio::spawn(discovery::sync::run(
+    let discovery = tokio::spawn(discovery::sync::run_reporting(
         store.clone(),
         datapath,
         cfg.ambassador,
@@ -133,6 +200,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         Algo::Random,
         containers,
         stop,
+        programmed_tx,
     ));
 
     let mut term = signal(SignalKind::terminate())?;
@@ -145,6 +213,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = placement.await;
     let _ = reconcile.await;
+    let _ = overlay.await;
     match discovery.await {
         Ok(Ok(mut datapath)) => datapath.table.flush()?,
         Ok(Err(e)) => tracing::warn!(error = %e, "discovery stopped"),

@@ -76,6 +76,7 @@ pub async fn run(api: &ApiClient, target: &str, cgroup: PathBuf) -> anyhow::Resu
             cgroup,
             host_address: std::net::IpAddr::from([127, 0, 0, 1]),
             host_netns: None,
+            mtu: None,
         },
         &dir,
     )?;

@@ -16,6 +16,12 @@ use crate::store::{keys, KeyValue, Lease, LeaseId, Store, Watch, WatchEvent};
 /// How long a host stays listed after its agent stops refreshing.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
+/// The overlay's UDP port unless `--overlay-port` says otherwise (IANA's VXLAN port). Hosts
+/// must accept it from each other; a member's record says the port it listens on.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// The overlay's VXLAN network identifier unless `--overlay-vni` says otherwise.
+pub const DEFAULT_VNI: u32 = 42;
+
 /// What a host says about itself. The value at `/viking/hosts/<host>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInfo {
@@ -32,6 +38,11 @@ pub struct HostInfo {
     /// Its overlay subnet, once it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_subnet: Option<ipnetwork::IpNetwork>,
+    /// Its VXLAN tunnel endpoint (a `Vtep` as JSON), reached at `address`; absent on a host
+    /// without the overlay. Kept as written so a malformed one costs the host only its
+    /// overlay peering (`vtep()` says what is wrong), not its membership.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<serde_json::Value>,
     /// When the agent started (Unix seconds).
     #[serde(default)]
     pub started: u64,
@@ -39,6 +50,39 @@ pub struct HostInfo {
     /// that many instances (`report_load`).
     #[serde(default)]
     pub load: u32,
+}
+
+/// What peers need to reach a host's instances through the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vtep {
+    /// The MAC address of its VXLAN device (`02:..`): peers' FDB and neighbour entries.
+    pub mac: String,
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// The UDP port its VXLAN device listens on.
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_vni() -> u32 {
+    DEFAULT_VNI
+}
+
+fn default_port() -> u16 {
+    DEFAULT_VXLAN_PORT
+}
+
+impl HostInfo {
+    /// Its VTEP, or why there is none to use.
+    pub fn vtep(&self) -> Result<Vtep, String> {
+        let v = self.vtep.as_ref().ok_or("its record has no VTEP (no overlay on that host)")?;
+        serde_json::from_value(v.clone()).map_err(|e| format!("its VTEP {v} is malformed: {e}"))
+    }
+
+    /// Records `vtep` as its VTEP.
+    pub fn set_vtep(&mut self, vtep: &Vtep) {
+        self.vtep = serde_json::to_value(vtep).ok();
+    }
 }
 
 /// What a host offers the scheduler; 0 means not said.
@@ -61,7 +105,8 @@ pub struct Host {
     pub lease: Option<LeaseId>,
 }
 
-fn parse(kv: &KeyValue) -> Result<HostInfo, ClusterError> {
+/// A membership record (`/viking/hosts/<host>`), named by its key.
+pub fn parse(kv: &KeyValue) -> Result<HostInfo, ClusterError> {
     let name = match kv.key.strip_prefix(keys::HOSTS) {
         Some(n) if keys::segment_problem(n).is_none() => n.to_string(),
         _ => {

@@ -1,6 +1,6 @@
 //! The per-host reconciler: makes what runs on this host match its intent
 //! (`/viking/proc/<host>/`). It starts missing instances once the jobs they link to are
-//! registered, stops unwanted ones, restarts crashed daemons with backoff, runs
+//! registered and the path to them exists (`overlay::Paths`), stops unwanted ones, restarts crashed daemons with backoff, runs
 //! non-daemonized jobs to their end, registers services (`discovery::registrator`), reports
 //! status under `/viking/ps/<host>/` and publishes the running containers to embassy.
 //!
@@ -8,7 +8,6 @@
 //! nothing, and a change to this host's intent starts a pass at once.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -16,13 +15,12 @@ use tokio::sync::watch;
 
 use super::instances::{Intent, Phase, Status};
 use crate::{
-    cluster::membership,
     discovery::{
         embassy::{Container, Containers},
         registration::Endpoint,
         registrator,
     },
-    netlink::{self, routes},
+    overlay::Paths,
     runtime::{spec_hash, Instance, InstanceState, Runtime},
     stack::service_name,
     store::{keys, KeyValue, LeaseId, Mirror, Revision, Store, StoreError},
@@ -66,14 +64,15 @@ pub struct Reconciler<S: Store, R: Runtime> {
     node: String,
     lease: watch::Receiver<Option<LeaseId>>,
     containers: watch::Sender<Containers>,
-    /// Keep routes to other hosts' instance addresses (the exec runtime's instances).
-    pub host_routes: bool,
-    /// The namespace those routes go in (None: the agent's own).
-    pub host_netns: Option<std::path::PathBuf>,
+    /// Whether the path to a linked service's backends exists (overlay route, datapath); a
+    /// linked-from instance starts only once it does. `None`: registered is enough.
+    pub paths: Option<Paths>,
     backoff: BTreeMap<String, Backoff>,
     /// Non-daemonized instances that ran to their end: intent revision, exit code.
     done: BTreeMap<String, (i64, i32)>,
     mirrors: Option<Mirrors>,
+    /// The last pass left an instance waiting for the jobs it links to.
+    waiting: bool,
 }
 
 /// The prefixes a pass reads, kept in memory.
@@ -90,6 +89,8 @@ struct Mirrors {
 struct View {
     intents: BTreeMap<String, (Intent, i64)>,
     registered: BTreeSet<String>,
+    /// Registered services whose backends this host cannot reach yet, and why.
+    unreachable: BTreeMap<String, String>,
     running_jobs: BTreeSet<(String, String)>,
     services: Vec<KeyValue>,
     ps: Vec<KeyValue>,
@@ -109,11 +110,11 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             node,
             lease,
             containers,
-            host_routes: false,
-            host_netns: None,
+            paths: None,
             backoff: BTreeMap::new(),
             done: BTreeMap::new(),
             mirrors: None,
+            waiting: false,
         }
     }
 
@@ -143,6 +144,11 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
         self.mirrors.as_ref().map(|m| m.intents.subscribe())
     }
 
+    /// Wakes when a registration changes (what a pending instance waits for).
+    fn registration_changes(&self) -> Option<watch::Receiver<Revision>> {
+        self.mirrors.as_ref().map(|m| m.services.subscribe())
+    }
+
     async fn view(&mut self) -> Result<View, StoreError> {
         let m = self.mirrors().await?;
         let (intent_kvs, services, ps) = (m.intents.kvs(), m.services.kvs(), m.ps.kvs());
@@ -155,11 +161,23 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 Err(e) => tracing::warn!(key = %kv.key, error = %e, "ignoring an intent record"),
             }
         }
-        let registered = services
+        let endpoints: Vec<(Endpoint, Revision)> = services
             .iter()
-            .filter_map(|kv| Endpoint::parse(&kv.key, &kv.value).ok())
-            .map(|e| e.key.service)
+            .filter_map(|kv| Some((Endpoint::parse(&kv.key, &kv.value).ok()?, kv.mod_revision)))
             .collect();
+        let registered = endpoints.iter().map(|(e, _)| e.key.service.clone()).collect();
+        let mut unreachable = BTreeMap::new();
+        if let Some(paths) = &self.paths {
+            let mut by_service: BTreeMap<&str, Vec<(std::net::IpAddr, Revision)>> = BTreeMap::new();
+            for (e, rev) in &endpoints {
+                by_service.entry(&e.key.service).or_default().push((e.record.ipaddress, *rev));
+            }
+            for (service, backends) in by_service {
+                if let Some(why) = paths.problem(backends) {
+                    unreachable.insert(service.to_owned(), why);
+                }
+            }
+        }
         let running_jobs = ps
             .iter()
             .filter_map(|kv| {
@@ -168,7 +186,7 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 matches!(st.phase, Phase::Running | Phase::Completed).then_some((stack, job))
             })
             .collect();
-        Ok(View { intents, registered, running_jobs, services, ps })
+        Ok(View { intents, registered, unreachable, running_jobs, services, ps })
     }
 
     /// The first job `intent` waits for, if any. Start order matters for a job's first
@@ -179,6 +197,11 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             return None;
         }
         intent.after.iter().find_map(|a| {
+            if a.ports {
+                if let Some(why) = view.unreachable.get(&service_name(&a.stack, &a.job)) {
+                    return Some(format!("waiting for a path to {}/{}: {why}", a.stack, a.job));
+                }
+            }
             let ready = if a.ports {
                 view.registered.contains(&service_name(&a.stack, &a.job))
             } else {
@@ -306,6 +329,7 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             let inst = instances.get(name).filter(|i| i.state == InstanceState::Running);
             statuses.insert(name.clone(), self.status(name, phase, detail, inst));
         }
+        self.waiting = statuses.values().any(|s| s.phase == Phase::Pending);
         self.publish(&view, &instances, &statuses).await
     }
 
@@ -379,51 +403,15 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 self.store.put(key, value.clone(), lease).await?;
             }
         }
-        if self.host_routes {
-            self.sync_routes(view).await;
-        }
         Ok(())
-    }
-
-    /// Routes every other host's instance addresses through that host.
-    async fn sync_routes(&mut self, view: &View) {
-        let hosts: BTreeMap<String, IpAddr> = match membership::hosts(&self.store).await {
-            Ok(h) => h.into_iter().map(|h| (h.info.name.clone(), h.info.address)).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "listing hosts for routes");
-                return;
-            }
-        };
-        let mut want = BTreeMap::new();
-        for kv in &view.ps {
-            let Some((host, ..)) = keys::parse_instance(keys::PS, &kv.key) else { continue };
-            if host == self.node {
-                continue;
-            }
-            let Ok(st) = serde_json::from_slice::<Status>(&kv.value) else { continue };
-            if let (Some(IpAddr::V4(ip)), Some(IpAddr::V4(via))) = (st.address, hosts.get(&host)) {
-                if ip != *via {
-                    want.insert(ip, *via);
-                }
-            }
-        }
-        let synced = netlink::in_netns_or_here(self.host_netns.as_deref(), move |nl| async move {
-            routes::sync(&nl, &want).await
-        })
-        .await;
-        match synced {
-            Ok((0, 0)) => {}
-            Ok((added, removed)) => {
-                tracing::info!(added, removed, "routes to other hosts' instances")
-            }
-            Err(e) => tracing::warn!(error = %e, "routes to other hosts' instances"),
-        }
     }
 
     /// Reconciles until `stop`; then, if `drain`, stops every instance of this host.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>, drain: bool) {
         let changed = self.runtime.changed();
         let mut intents: Option<watch::Receiver<Revision>> = None;
+        let mut registrations: Option<watch::Receiver<Revision>> = None;
+        let mut paths = self.paths.clone();
         loop {
             if let Err(e) = self.pass().await {
                 tracing::warn!(error = %e, "reconcile pass failed");
@@ -431,6 +419,22 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             if intents.is_none() {
                 intents = self.intent_changes();
             }
+            if registrations.is_none() {
+                registrations = self.registration_changes();
+            }
+            // NB: a pending instance starts on the event that completes its path (its link
+            // registered, the route or datapath entry in place), not on the next period.
+            let waiting = self.waiting;
+            let linked_changed = async {
+                if !waiting {
+                    return std::future::pending().await;
+                }
+                tokio::select! {
+                    Some(Ok(())) = async { Some(registrations.as_mut()?.changed().await) } => {}
+                    Some(()) = async { Some(paths.as_mut()?.changed().await) } => {}
+                    else => std::future::pending().await,
+                }
+            };
             let intent_changed = async {
                 // No mirror yet, or it was replaced: the period does it.
                 let Some(rx) = intents.as_mut() else { return std::future::pending().await };
@@ -442,10 +446,14 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 _ = tokio::time::sleep(PERIOD) => {}
                 _ = changed.notified() => {}
                 _ = intent_changed => {}
+                _ = linked_changed => {}
                 _ = stop.changed() => break,
             }
             if intents.as_ref().is_some_and(|rx| rx.has_changed().is_err()) {
                 intents = None;
+            }
+            if registrations.as_ref().is_some_and(|rx| rx.has_changed().is_err()) {
+                registrations = None;
             }
         }
         if drain {
@@ -463,12 +471,6 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 let _ = registrator::sync(&self.store, None, &want, &have).await;
             }
             let _ = self.store.delete_prefix(&format!("{}{}/", keys::PS, self.node)).await;
-            if self.host_routes {
-                let _ = netlink::in_netns_or_here(self.host_netns.as_deref(), |nl| async move {
-                    routes::sync(&nl, &BTreeMap::new()).await
-                })
-                .await;
-            }
             tracing::info!(node = %self.node, "instances drained");
         }
     }

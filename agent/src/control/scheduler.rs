@@ -140,6 +140,7 @@ mod tests {
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             capacity: Default::default(),
             overlay_subnet: None,
+            vtep: None,
             started: 0,
             load: 0,
         }

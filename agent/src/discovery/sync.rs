@@ -416,12 +416,29 @@ impl View {
 /// programmed together, with no added wait.
 pub async fn run<S: Store>(
     store: S,
+    datapath: Datapath,
+    ambassador: IpAddr,
+    range: PortRange,
+    algo: Algo,
+    containers: tokio::sync::watch::Receiver<Containers>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Datapath, crate::store::StoreError> {
+    let (programmed, _) = tokio::sync::watch::channel(0);
+    run_reporting(store, datapath, ambassador, range, algo, containers, stop, programmed).await
+}
+
+/// `run`, saying after each pass that programmed everything which `/services/` revision the
+/// datapath reflects (`programmed`): what a linked-from instance waits for before it starts.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_reporting<S: Store>(
+    store: S,
     mut datapath: Datapath,
     ambassador: IpAddr,
     range: PortRange,
     algo: Algo,
     mut containers: tokio::sync::watch::Receiver<Containers>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    programmed: tokio::sync::watch::Sender<crate::store::Revision>,
 ) -> Result<Datapath, crate::store::StoreError> {
     let allocs = store.list(keys::PORTS).await?;
     let regs = store.list(SERVICES).await?;
@@ -430,6 +447,8 @@ pub async fn run<S: Store>(
     view.registration_event(WatchEvent::Resync { kvs: regs.kvs, revision: regs.revision });
     let mut allocs_watch = store.watch(keys::PORTS, Some(allocs.revision + 1)).await?;
     let mut regs_watch = store.watch(SERVICES, Some(regs.revision + 1)).await?;
+    // The newest `/services/` revision taken into the view.
+    let mut seen = regs.revision;
     let mut programmer = Programmer::new(ambassador, range);
     let mut reported = Reported::default();
     let mut containers_open = true;
@@ -448,6 +467,9 @@ pub async fn run<S: Store>(
                 reported.report(problems);
             }
             retry_at = (done.failed > 0).then(|| Instant::now() + RETRY);
+            if done.failed == 0 {
+                programmed.send_if_modified(|r| std::mem::replace(r, seen) != seen);
+            }
             tracing::debug!(
                 full = done.full,
                 upserted = done.upserted,
@@ -468,6 +490,7 @@ pub async fn run<S: Store>(
             }
             ev = regs_watch.next() => {
                 let Some(ev) = ev else { break };
+                seen = seen.max(ev.revision());
                 if view.registration_event(ev) {
                     programmer.resync();
                 }
@@ -501,6 +524,7 @@ pub async fn run<S: Store>(
                 }
             }
             while let Some(ev) = regs_watch.try_next() {
+                seen = seen.max(ev.revision());
                 if view.registration_event(ev) {
                     programmer.resync();
                 }

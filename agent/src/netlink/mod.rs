@@ -1,5 +1,7 @@
 //! Netlink, behind small domain methods (netavark is the model): links, addresses and routes
-//! of instance networks. One connection speaks for the network namespace it was opened in;
+//! of instance networks (`instance.rs`), and what the overlay programs: its VXLAN device
+//! (`vxlan.rs`), forwarding entries (`fdb.rs`), static neighbours (`neigh.rs`) and gateway
+//! routes (`routes.rs`). One connection speaks for the network namespace it was opened in;
 //! `in_netns` runs work inside another namespace on a thread of its own.
 use std::{
     future::Future,
@@ -11,11 +13,15 @@ use std::{
 use futures::TryStreamExt as _;
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::{
-    packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
+    packet_route::route::{RouteProtocol, RouteScope},
     Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
+pub mod fdb;
+pub mod instance;
+pub mod neigh;
 pub mod routes;
+pub mod vxlan;
 
 /// The routing protocol number Viking's routes carry, so they can be told from others.
 pub const PROTO_VIKING: u8 = 77;
@@ -47,6 +53,58 @@ pub enum NetlinkError {
 }
 
 type Result<T, E = NetlinkError> = std::result::Result<T, E>;
+
+/// An Ethernet address (a VTEP's), written `02:42:0a:00:00:01`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Some(Self(b.try_into().ok()?))
+    }
+
+    /// A locally administered unicast address derived from `seed` (FNV-1a): the same name
+    /// gives the same address, so a recreated device keeps the MAC its peers know.
+    pub fn derived(seed: &str) -> Self {
+        let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let b = h.to_be_bytes();
+        Self([0x02, b[3], b[4], b[5], b[6], b[7]])
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+
+    /// Six hex octets separated by `:`; a multicast or all-zero address is refused (it cannot
+    /// be a VTEP).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || format!("{s:?} is not a MAC address like 02:42:0a:00:00:01");
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 6];
+        for (o, p) in out.iter_mut().zip(&parts) {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if out == [0; 6] || out[0] & 1 == 1 {
+            return Err(format!("{s} is not a unicast address"));
+        }
+        Ok(Self(out))
+    }
+}
 
 fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
@@ -117,6 +175,16 @@ impl Netlink {
         Ok(index)
     }
 
+    pub async fn set_mtu(&self, name: &str, mtu: u32) -> Result<()> {
+        let index = self.index(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(req(format!("setting the MTU of {name} to {mtu}")))
+    }
+
     pub async fn set_up(&self, name: &str) -> Result<()> {
         let index = self.index(name).await?;
         self.handle
@@ -185,45 +253,6 @@ impl Netlink {
             .execute()
             .await
             .map_err(req(format!("adding route {dest}/{prefix} via {gateway}")))
-    }
-
-    /// Viking's IPv4 routes in the main table: `(destination, prefix, gateway)`.
-    pub async fn viking_routes(&self) -> Result<Vec<(Ipv4Addr, u8, Option<Ipv4Addr>)>> {
-        let mut out = Vec::new();
-        let mut routes =
-            self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-        while let Some(msg) = routes.try_next().await.map_err(req("listing routes"))? {
-            if msg.header.protocol != RouteProtocol::Other(PROTO_VIKING) {
-                continue;
-            }
-            let mut dest = None;
-            let mut gw = None;
-            for attr in &msg.attributes {
-                match attr {
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dest = Some(*a),
-                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(*a),
-                    _ => {}
-                }
-            }
-            if let Some(d) = dest {
-                out.push((d, msg.header.destination_prefix_length, gw));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Deletes one of Viking's routes.
-    pub async fn delete_route(&self, dest: Ipv4Addr, prefix: u8) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dest, prefix)
-            .protocol(RouteProtocol::Other(PROTO_VIKING))
-            .build();
-        self.handle
-            .route()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(req(format!("deleting route {dest}/{prefix}")))
     }
 }
 

@@ -2,10 +2,9 @@
 //! with the link env, its output in a log file (Nomad's exec driver is the model).
 //!
 //! Per instance, on this host:
-//! - a network namespace bind-mounted at `<run>/netns/<name>`, loopback up; with an address, a
-//!   veth pair: `eth0` inside (`<ip>/32`, default route via `169.254.1.1` on-link), `vk<hash>`
-//!   outside holding `169.254.1.1/32` (every instance's gateway) and a `/32` route to the
-//!   instance; the host forwards;
+//! - a network namespace bind-mounted at `<run>/netns/<name>`, loopback up; with an address,
+//!   plumbed as every instance is (`netlink::instance`: a veth with `eth0` inside, the
+//!   overlay's MTU, routes);
 //! - a cgroup `<agent cgroup>/vk-<node>-<name>`: below the agent's, so its programs see the
 //!   instance's sockets;
 //! - a state file `<data>/exec/<name>.json` (pid, start time, address), so an agent restart
@@ -34,10 +33,14 @@ use tokio::sync::Notify;
 use super::{
     spec_hash, Instance, InstanceSpec, InstanceState, Result, Runtime, RuntimeConfig, RuntimeError,
 };
-use crate::{datapath::netns::netns_cookie, netlink};
+use crate::{
+    datapath::netns::netns_cookie,
+    netlink::{
+        self,
+        instance::{veth_name, Plumbing},
+    },
+};
 
-/// The gateway address instances route through: the host end of each instance's veth.
-const GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 1, 1);
 const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,14 +83,6 @@ fn start_time(pid: i32) -> Option<u64> {
 
 fn alive(st: &StateFile) -> bool {
     start_time(st.pid) == Some(st.start_time)
-}
-
-/// A short, stable name for the host side of an instance's veth (15 bytes at most).
-fn veth_name(node: &str, name: &str) -> String {
-    let h = format!("{node}/{name}")
-        .bytes()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-    format!("vk{h:08x}")
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
@@ -166,47 +161,16 @@ impl ExecRuntime {
         netns: &Path,
         address: Option<IpAddr>,
     ) -> Result<Option<String>> {
-        let net_err = |e: crate::netlink::NetlinkError| RuntimeError::Network {
-            name: name.to_owned(),
-            why: e.to_string(),
+        let p = Plumbing {
+            host_netns: self.inner.cfg.host_netns.clone(),
+            netns: netns.to_path_buf(),
+            veth: veth_name(&self.inner.cfg.node, name),
+            address,
+            mtu: self.inner.cfg.mtu,
         };
-        let Some(IpAddr::V4(ip)) = address else {
-            netlink::in_netns(netns, |nl| async move { nl.set_up("lo").await })
-                .await
-                .map_err(net_err)?;
-            return Ok(None);
-        };
-        let host = veth_name(&self.inner.cfg.node, name);
-        let peer = format!("{host}p");
-        let (h, p, ns) = (host.clone(), peer.clone(), netns.to_path_buf());
-        netlink::in_netns_or_here(self.inner.cfg.host_netns.as_deref(), move |nl| async move {
-            nl.delete_link(&h).await?;
-            nl.create_veth(&h, &p).await?;
-            nl.set_link_ns(&p, &ns).await
-        })
-        .await
-        .map_err(net_err)?;
-        netlink::in_netns(netns, move |nl| async move {
-            nl.set_up("lo").await?;
-            nl.rename_link(&peer, "eth0").await?;
-            nl.add_address("eth0", IpAddr::V4(ip), 32).await?;
-            nl.set_up("eth0").await?;
-            nl.add_route(std::net::Ipv4Addr::UNSPECIFIED, 0, GATEWAY, Some("eth0")).await
-        })
-        .await
-        .map_err(net_err)?;
-        let h = host.clone();
-        netlink::in_netns_or_here(self.inner.cfg.host_netns.as_deref(), move |nl| async move {
-            // NB: sysctls under /proc/sys/net are those of the calling thread's namespace.
-            netlink::sysctl("net/ipv4/ip_forward", "1")?;
-            // Every instance's gateway is the host end of its own veth.
-            nl.add_address(&h, IpAddr::V4(GATEWAY), 32).await?;
-            nl.set_up(&h).await?;
-            nl.add_link_route(ip, 32, &h).await
-        })
-        .await
-        .map_err(net_err)?;
-        Ok(Some(host))
+        netlink::instance::plumb(&p)
+            .await
+            .map_err(|e| RuntimeError::Network { name: name.to_owned(), why: e.to_string() })
     }
 
     fn command(&self, spec: &InstanceSpec) -> Result<std::process::Command> {
@@ -325,14 +289,9 @@ impl ExecRuntime {
     }
 
     async fn cleanup(&self, name: &str, st: &StateFile) {
-        if let Some(veth) = st.veth.clone() {
-            let host_netns = self.inner.cfg.host_netns.as_deref();
+        if let Some(veth) = &st.veth {
             let deleted =
-                netlink::in_netns_or_here(
-                    host_netns,
-                    |nl| async move { nl.delete_link(&veth).await },
-                )
-                .await;
+                netlink::instance::unplumb(self.inner.cfg.host_netns.as_deref(), veth).await;
             if let Err(e) = deleted {
                 tracing::warn!(instance = %name, error = %e, "deleting its veth");
             }

@@ -52,8 +52,8 @@ pub struct InstanceSpec {
     pub volumes: Vec<String>,
     /// Long-lived (restarted when it dies) or run to completion.
     pub daemonize: bool,
-    /// The address the instance gets on this host, when the runtime gives it one (exec: from
-    /// the stack's subnet).
+    /// The address the instance gets (from its stack's subnet): on `eth0` of its own network
+    /// namespace, reachable from every host through the overlay (`netlink::instance`).
     pub address: Option<IpAddr>,
 }
 
@@ -79,9 +79,8 @@ pub struct Instance {
     pub job: String,
     pub index: u32,
     pub state: InstanceState,
-    /// The address other hosts reach its ports on, and the host port of each container port
-    /// (exec: its own address and the same port; docker: the host's address and the
-    /// published port).
+    /// The address other hosts reach its ports on, and the port each container port is
+    /// reached at there (its own address and the same port, for both runtimes).
     pub address: Option<IpAddr>,
     pub ports: Vec<(Port, u16)>,
     /// The cookie of its network namespace (for netns-scoped embassy services), when known.
@@ -109,6 +108,9 @@ pub struct RuntimeConfig {
     /// The network namespace that is this host's network, when it is not the agent's own
     /// (`viking agent --host-netns`: the test and demo "hosts").
     pub host_netns: Option<PathBuf>,
+    /// The MTU of instance interfaces (the overlay's: the underlay's minus VXLAN's overhead);
+    /// `None`: the kernel's default.
+    pub mtu: Option<u32>,
 }
 
 /// A runtime. Implementations are cheap to clone and safe to share.

@@ -64,6 +64,7 @@ async fn main() {
                 tags: vec!["test".into()],
                 capacity: membership::Capacity { cpus: 2, memory_mb: 1024, instances: 10 },
                 overlay_subnet: None,
+                vtep: None,
                 started: 0,
                 load: 0,
             };

@@ -30,6 +30,7 @@ fn host(name: &str) -> HostInfo {
         tags: vec!["ssd".into(), "eu".into()],
         capacity: Default::default(),
         overlay_subnet: None,
+        vtep: None,
         started: 0,
         load: 0,
     }

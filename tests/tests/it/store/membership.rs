@@ -30,6 +30,7 @@ fn host(name: &str, last: u8) -> HostInfo {
         tags: vec!["ssd".into()],
         capacity: Capacity { cpus: 2, memory_mb: 2048, instances: 20 },
         overlay_subnet: None,
+        vtep: None,
         started: 1,
         load: 0,
     }

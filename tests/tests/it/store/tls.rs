@@ -126,6 +126,7 @@ async fn cli_and_agent_through_tls() {
         tags: vec![],
         capacity: Default::default(),
         overlay_subnet: None,
+        vtep: None,
         started: 0,
         load: 0,
     };
