@@ -262,3 +262,38 @@ impl Drop for DockerCgroup {
         }
     }
 }
+
+/// The cgroup v1 directories dockerd's cgroupfs driver makes for a container parent on a
+/// hybrid host (the v2 one is the agent's `Cgroup` guard's): removed deepest first on drop.
+pub struct V1Parents {
+    relative: String,
+}
+
+impl V1Parents {
+    /// For the agent cgroup `cgroup` (below the cgroup v2 root).
+    pub fn of(cgroup: &Path) -> Self {
+        let root = viking::datapath::mounts::cgroup2_root().expect("cgroup v2 mount");
+        let rel = cgroup.strip_prefix(&root).expect("the agent cgroup is below the v2 root");
+        Self { relative: rel.display().to_string() }
+    }
+
+    /// The parent as docker names it (`/viking-test-..`).
+    pub fn relative(&self) -> String {
+        format!("/{}", self.relative)
+    }
+}
+
+impl Drop for V1Parents {
+    fn drop(&mut self) {
+        if self.relative.is_empty() {
+            return;
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for line in mounts.lines() {
+            let mut f = line.split_whitespace();
+            if let (Some(_), Some(dst), Some("cgroup")) = (f.next(), f.next(), f.next()) {
+                crate::guards::remove_cgroup_tree(&Path::new(dst).join(&self.relative));
+            }
+        }
+    }
+}

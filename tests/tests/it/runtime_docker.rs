@@ -38,6 +38,7 @@ fn config(node: &str, data: &TempDir, cgroup: &DockerCgroup) -> RuntimeConfig {
         host_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         // NB: the docker runtime does not use it: dockerd has the network it has.
         host_netns: None,
+        mtu: None,
     }
 }
 
