@@ -431,7 +431,15 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 }
                 tokio::select! {
                     Some(Ok(())) = async { Some(registrations.as_mut()?.changed().await) } => {}
-                    Some(()) = async { Some(paths.as_mut()?.changed().await) } => {}
+                    true = async {
+                        match paths.as_mut() {
+                            Some(p) => {
+                                p.changed().await;
+                                true
+                            }
+                            None => false,
+                        }
+                    } => {}
                     else => std::future::pending().await,
                 }
             };

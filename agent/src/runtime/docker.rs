@@ -6,8 +6,12 @@
 //!   the reconciler sees a changed spec.
 //! - Volumes under `<data>/volumes/<stack>/...` as bind mounts (anonymous `/data` ->
 //!   `<stack>/<job>/data`, named `name:/data` -> `<stack>/name`, `/host:/data` as written).
-//! - Ports published on random host ports; the host port is what `Instance::ports` reports,
-//!   reached at the host's address.
+//! - Viking's network, not docker's: a sandbox container (`sandbox.rs`, `network_mode: none`)
+//!   holds the instance's network namespace, which the agent plumbs like an exec instance's
+//!   (`netlink::instance`: veth, the allocated address, routes, the overlay's MTU) before the
+//!   instance's container joins it (`network_mode: container:<sandbox>`). Its ports are
+//!   reached at its own address, from any host; nothing is published. Labels
+//!   `viking.address` and `viking.ports` keep what `list()` reports.
 //! - `HostConfig.CgroupParent` is the agent's cgroup (relative to the cgroup v2 root), so the
 //!   programs attached there see the containers' sockets.
 //! - A background task follows the event stream and wakes `changed()`; when dockerd goes away
@@ -25,11 +29,11 @@ use std::{
 use bollard::{
     container::LogOutput,
     errors::Error as DockerError,
-    models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding},
+    models::{ContainerCreateBody, ContainerInspectResponse, HostConfig},
     query_parameters::{
-        AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
-        ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
-        WaitContainerOptionsBuilder,
+        AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+        EventsOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+        StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
     },
     Docker, API_DEFAULT_VERSION,
 };
@@ -41,15 +45,26 @@ use tokio::{
 };
 
 use super::{
-    spec_hash, Instance, InstanceSpec, InstanceState, Result, Runtime, RuntimeConfig, RuntimeError,
-    LABEL_INDEX, LABEL_JOB, LABEL_NODE, LABEL_STACK,
+    sandbox, spec_hash, Instance, InstanceSpec, InstanceState, Result, Runtime, RuntimeConfig,
+    RuntimeError, LABEL_INDEX, LABEL_JOB, LABEL_NODE, LABEL_STACK,
 };
-use crate::{datapath::netns::netns_cookie, stack::Port};
+use crate::{
+    datapath::netns::netns_cookie,
+    netlink::{
+        self,
+        instance::{veth_name, Plumbing},
+    },
+    stack::Port,
+};
 
 /// The label holding `spec_hash(spec)` (decimal).
 pub const LABEL_SPEC_HASH: &str = "viking.spec-hash";
 /// The label of a `run_attached` container (its node): not an instance, `list()` skips it.
 pub const LABEL_RUN: &str = "viking.run";
+/// The label holding an instance's address (as `viking ps` shows it).
+pub const LABEL_ADDRESS: &str = "viking.address";
+/// The label holding an instance's ports (JSON, `["80/tcp"]`).
+pub const LABEL_PORTS: &str = "viking.ports";
 
 /// Seconds a stopping container gets between SIGTERM and SIGKILL.
 const STOP_TIMEOUT_SECS: i32 = 10;
@@ -73,6 +88,9 @@ struct Inner {
     cgroup_parent: Option<String>,
     /// Set once the API version is agreed with dockerd (and its cgroup driver checked).
     session: OnceCell<Session>,
+    /// Set once the sandbox image is known to be in dockerd (reset when dockerd may have
+    /// restarted on other storage: a failed sandbox create checks again).
+    sandbox_image: tokio::sync::Mutex<bool>,
     notify: Arc<Notify>,
     events: Arc<EventState>,
     follower: JoinHandle<()>,
@@ -177,10 +195,6 @@ pub fn volume_bind(volumes: &Path, stack: &str, job: &str, volume: &str) -> Resu
     Ok(VolumeBind { bind: format!("{}:{target}", host.display()), create: Some(host) })
 }
 
-fn port_key(p: &Port) -> String {
-    format!("{}/{}", p.port, p.proto)
-}
-
 fn env_map(env: Option<&Vec<String>>) -> BTreeMap<String, String> {
     env.into_iter()
         .flatten()
@@ -219,6 +233,7 @@ impl DockerRuntime {
                 docker,
                 cgroup_parent,
                 session: OnceCell::new(),
+                sandbox_image: tokio::sync::Mutex::new(false),
                 notify,
                 events,
                 follower,
@@ -279,17 +294,18 @@ impl DockerRuntime {
             (LABEL_INDEX.to_owned(), spec.index.to_string()),
             (LABEL_NODE.to_owned(), self.inner.cfg.node.clone()),
             (LABEL_SPEC_HASH.to_owned(), spec_hash(spec).to_string()),
+            (LABEL_ADDRESS.to_owned(), spec.address.map(|a| a.to_string()).unwrap_or_default()),
+            (
+                LABEL_PORTS.to_owned(),
+                serde_json::to_string(&spec.ports.iter().map(Port::to_string).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            ),
         ])
     }
 
-    /// The create body of `spec`: image, command, env, volumes, cgroup parent and (for
-    /// instances) published ports.
-    fn body(
-        &self,
-        spec: &InstanceSpec,
-        session: &Session,
-        publish: bool,
-    ) -> Result<ContainerCreateBody> {
+    /// The create body of `spec`: image, command, env, volumes and cgroup parent (its network
+    /// is the caller's to choose).
+    fn body(&self, spec: &InstanceSpec, session: &Session) -> Result<ContainerCreateBody> {
         let name = spec.name();
         let image = spec.image.clone().ok_or_else(|| {
             RuntimeError::instance(&name, "the job has no image: the docker runtime runs images")
@@ -303,29 +319,13 @@ impl DockerRuntime {
             }
             binds.push(b.bind);
         }
-        let (exposed, bindings) = if publish {
-            let keys: Vec<String> = spec.ports.iter().map(port_key).collect();
-            let bindings = keys
-                .iter()
-                .map(|k| {
-                    // An empty host port: dockerd picks a free one.
-                    let b = PortBinding { host_ip: None, host_port: Some(String::new()) };
-                    (k.clone(), Some(vec![b]))
-                })
-                .collect();
-            (Some(keys), Some(bindings))
-        } else {
-            (None, None)
-        };
         Ok(ContainerCreateBody {
             image: Some(image),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             hostname: None,
-            exposed_ports: exposed,
             host_config: Some(HostConfig {
                 binds: Some(binds),
-                port_bindings: bindings,
                 cgroup_parent: session.cgroup_parent.clone(),
                 // tini as PID 1: signals reach the job (a stop is quick), zombies are reaped.
                 init: Some(true),
@@ -333,6 +333,87 @@ impl DockerRuntime {
             }),
             ..Default::default()
         })
+    }
+
+    /// Imports the sandbox image when dockerd lacks it.
+    async fn ensure_sandbox_image(&self) -> Result<()> {
+        let mut known = self.inner.sandbox_image.lock().await;
+        if *known {
+            return Ok(());
+        }
+        let (docker, _) = self.api().await?;
+        let image = sandbox::image();
+        match docker.inspect_image(&image).await {
+            Ok(_) => {}
+            Err(e) if status_of(&e) == Some(404) => {
+                let opts = CreateImageOptionsBuilder::default()
+                    .from_src("-")
+                    .repo(sandbox::REPOSITORY)
+                    .tag(&sandbox::tag())
+                    .build();
+                let body = bollard::body_full(bytes::Bytes::from(sandbox::rootfs_tar()));
+                let mut progress = docker.create_image(Some(opts), Some(body), None);
+                while let Some(step) = progress.next().await {
+                    step.map_err(api_err(format!("importing the sandbox image {image}")))?;
+                }
+                tracing::info!(%image, "imported the sandbox image");
+            }
+            Err(e) => return Err(api_err(format!("inspecting {image}"))(e)),
+        }
+        *known = true;
+        Ok(())
+    }
+
+    /// Creates and starts the sandbox of instance `name` and plumbs its network namespace;
+    /// returns its container id.
+    async fn start_sandbox(&self, spec: &InstanceSpec, session: &Session) -> Result<String> {
+        let name = spec.name();
+        self.ensure_sandbox_image().await?;
+        let body = ContainerCreateBody {
+            image: Some(sandbox::image()),
+            cmd: Some(vec!["/pause".into()]),
+            labels: Some(HashMap::from([
+                (LABEL_NODE.to_owned(), self.inner.cfg.node.clone()),
+                (sandbox::LABEL_SANDBOX.to_owned(), name.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                cgroup_parent: session.cgroup_parent.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = match self.create(&sandbox::name(&name), body.clone()).await {
+            Ok(id) => id,
+            Err(e) => {
+                // NB: dockerd may have come back on other storage: check the image again.
+                *self.inner.sandbox_image.lock().await = false;
+                self.ensure_sandbox_image().await?;
+                self.create(&sandbox::name(&name), body).await.map_err(|_| e)?
+            }
+        };
+        let (docker, _) = self.api().await?;
+        docker
+            .start_container(&id, None)
+            .await
+            .map_err(|e| RuntimeError::instance(&name, format!("starting its sandbox: {e}")))?;
+        let pid = self
+            .inspect(&id)
+            .await?
+            .and_then(|c| c.state?.pid)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| RuntimeError::instance(&name, "its sandbox did not stay up"))?;
+        let p = Plumbing {
+            host_netns: self.inner.cfg.host_netns.clone(),
+            netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
+            veth: veth_name(&self.inner.cfg.node, &name),
+            address: spec.address,
+            mtu: self.inner.cfg.mtu,
+        };
+        netlink::instance::plumb(&p)
+            .await
+            .map_err(|e| RuntimeError::Network { name: name.clone(), why: e.to_string() })?;
+        Ok(id)
     }
 
     async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String> {
@@ -396,29 +477,18 @@ impl DockerRuntime {
             let code = state.and_then(|s| s.exit_code).and_then(|c| i32::try_from(c).ok());
             InstanceState::Exited(if started { code.unwrap_or(-1) } else { -1 })
         };
-        let ports = c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.ports.as_ref())
-            .map(|map| {
-                let mut out: Vec<(Port, u16)> = map
-                    .iter()
-                    .filter_map(|(key, bindings)| {
-                        let port: Port = key.parse().ok()?;
-                        let bindings = bindings.as_ref()?;
-                        // The IPv4 binding first (dockerd also publishes on [::]).
-                        let host = bindings
-                            .iter()
-                            .filter(|b| !b.host_ip.as_deref().unwrap_or("").contains(':'))
-                            .chain(bindings.iter())
-                            .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())?;
-                        Some((port, host))
-                    })
-                    .collect();
-                out.sort();
-                out
-            })
-            .unwrap_or_default();
+        let ports: Vec<(Port, u16)> = labels
+            .get(LABEL_PORTS)
+            .and_then(|p| serde_json::from_str::<Vec<String>>(p).ok())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p.parse::<Port>().ok())
+            .map(|p| (p, p.port))
+            .collect();
+        let address = labels
+            .get(LABEL_ADDRESS)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(self.inner.cfg.host_address);
         let name = c
             .name
             .as_deref()
@@ -430,7 +500,7 @@ impl DockerRuntime {
             job,
             index,
             state,
-            address: Some(self.inner.cfg.host_address),
+            address: Some(address),
             ports,
             netns_cookie: match (running, pid) {
                 (true, Some(pid)) => netns_cookie(Path::new(&format!("/proc/{pid}/ns/net"))).ok(),
@@ -465,7 +535,7 @@ impl DockerRuntime {
             RUNS.fetch_add(1, Ordering::Relaxed)
         );
         let (docker, session) = self.api().await?;
-        let mut body = self.body(spec, session, false)?;
+        let mut body = self.body(spec, session)?;
         body.attach_stdin = Some(true);
         body.attach_stdout = Some(true);
         body.attach_stderr = Some(true);
@@ -547,14 +617,28 @@ impl Runtime for DockerRuntime {
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
         let name = spec.name();
         let (docker, session) = self.api().await?;
-        let mut body = self.body(spec, session, true)?;
+        let mut body = self.body(spec, session)?;
         body.labels = Some(self.labels(spec));
         self.remove(&name).await?;
-        let id = self.create(&name, body).await?;
-        if let Err(e) = docker.start_container(&id, None).await {
-            let _ = self.force_remove(&id).await;
-            return Err(RuntimeError::instance(&name, format!("starting the container: {e}")));
+        let started = async {
+            let sandbox = self.start_sandbox(spec, session).await?;
+            if let Some(hc) = body.host_config.as_mut() {
+                hc.network_mode = Some(format!("container:{sandbox}"));
+            }
+            let id = self.create(&name, body).await?;
+            docker.start_container(&id, None).await.map_err(|e| {
+                RuntimeError::instance(&name, format!("starting the container: {e}"))
+            })?;
+            Ok::<_, RuntimeError>(id)
         }
+        .await;
+        let id = match started {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = self.remove(&name).await;
+                return Err(e);
+            }
+        };
         let inspected = self.inspect(&id).await?.ok_or_else(|| {
             RuntimeError::instance(&name, "the container vanished after its start")
         })?;
@@ -564,7 +648,7 @@ impl Runtime for DockerRuntime {
         tracing::info!(
             instance = %name,
             container = %id.get(..12).unwrap_or(&id),
-            ports = ?instance.ports,
+            address = ?instance.address,
             "instance started"
         );
         Ok(instance)
@@ -577,13 +661,21 @@ impl Runtime for DockerRuntime {
             Ok(()) => {}
             // 304: already stopped.
             Err(e) if status_of(&e) == Some(304) => {}
-            Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => {
                 tracing::warn!(instance = %name, error = %e, "stopping; removing it by force")
             }
         }
         self.force_remove(name).await?;
-        tracing::info!(instance = %name, "instance removed");
+        // Its sandbox, and with its network namespace the veth.
+        self.force_remove(&sandbox::name(name)).await?;
+        let veth = veth_name(&self.inner.cfg.node, name);
+        if let Err(e) =
+            netlink::instance::unplumb(self.inner.cfg.host_netns.as_deref(), &veth).await
+        {
+            tracing::warn!(instance = %name, error = %e, "deleting its veth");
+        }
+        tracing::debug!(instance = %name, "instance removed");
         Ok(())
     }
 

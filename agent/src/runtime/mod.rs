@@ -16,6 +16,7 @@ pub mod any;
 pub mod docker;
 pub mod error;
 pub mod exec;
+pub mod sandbox;
 
 pub use any::{AnyRuntime, RuntimeKind};
 pub use error::RuntimeError;

@@ -1,10 +1,11 @@
 //! The docker runtime against a real dockerd (started by the test, in its own network
 //! namespace, with its own directories; docs/runtime-docker.md): containers start with their
-//! env, labels, volumes, published ports and the agent's cgroup as parent; list, exit codes
-//! and remove; the event follower survives a dockerd restart; run with piped stdin/stdout.
+//! env, labels, volumes and the agent's cgroup as parent, on Viking's network (a sandbox
+//! container whose namespace the runtime plumbs into the test's "host" namespace: the
+//! allocated address, the overlay's MTU); list, exit codes and remove; the event follower
+//! survives a dockerd restart; run with piped stdin/stdout.
 //!
-//! Traffic: only to 127.0.0.1 inside the daemon's namespace (docker-proxy -> the container on
-//! that namespace's bridge).
+//! Traffic: only from the test's host namespace to the container's address on its veth.
 #![allow(clippy::unwrap_used)]
 use std::{
     collections::BTreeMap,
@@ -27,18 +28,21 @@ use viking::{
 use viking_tests::{
     docker::{DockerCgroup, Dockerd, IMAGE},
     etcd::TempDir,
+    guards::NetNs,
     require_root, unique,
 };
 
-fn config(node: &str, data: &TempDir, cgroup: &DockerCgroup) -> RuntimeConfig {
+/// The MTU instance interfaces get (as the overlay's would be on a 1450-byte underlay).
+const MTU: u32 = 1400;
+
+fn config(node: &str, data: &TempDir, cgroup: &DockerCgroup, host: &NetNs) -> RuntimeConfig {
     RuntimeConfig {
         node: node.to_owned(),
         data_dir: data.path.clone(),
         cgroup: cgroup.cgroup.path.clone(),
         host_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        // NB: the docker runtime does not use it: dockerd has the network it has.
-        host_netns: None,
-        mtu: None,
+        host_netns: Some(host.path()),
+        mtu: Some(MTU),
     }
 }
 
@@ -57,13 +61,13 @@ fn spec(stack: &str, job: &str, index: u32, script: &str) -> InstanceSpec {
     }
 }
 
-/// An HTTP GET to 127.0.0.1:port inside the daemon's namespace, retried until it answers.
-fn http_get(d: &Dockerd, port: u16, path: &'static str) -> String {
-    d.netns.enter(move || {
+/// An HTTP GET to `ip:port` from the host namespace, retried until it answers.
+fn http_get(host: &NetNs, ip: Ipv4Addr, port: u16, path: &'static str) -> String {
+    host.enter(move || {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let attempt = (|| -> std::io::Result<String> {
-                let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+                let mut s = TcpStream::connect((ip, port))?;
                 s.set_read_timeout(Some(Duration::from_secs(5)))?;
                 write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
                 let mut out = String::new();
@@ -72,7 +76,7 @@ fn http_get(d: &Dockerd, port: u16, path: &'static str) -> String {
             })();
             match attempt {
                 Ok(out) if out.starts_with("HTTP/1.") && out.contains(" 200 ") => return out,
-                r if Instant::now() > deadline => panic!("GET 127.0.0.1:{port}{path}: {r:?}"),
+                r if Instant::now() > deadline => panic!("GET {ip}:{port}{path}: {r:?}"),
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
@@ -103,14 +107,15 @@ async fn drain(notify: &Arc<Notify>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containers_start_with_env_labels_ports_and_are_removed() {
+async fn containers_start_on_vikings_network_with_env_labels_and_are_removed() {
     require_root();
     // NB: declared first, dropped last: the containers are gone before their cgroups.
     let cgroup = DockerCgroup::new();
+    let host = NetNs::new("vkdh");
     let data = TempDir::new("vkdd");
     let d = Dockerd::start();
     let node = unique("n");
-    let rt = DockerRuntime::connect(config(&node, &data, &cgroup), &d.socket).unwrap();
+    let rt = DockerRuntime::connect(config(&node, &data, &cgroup, &host), &d.socket).unwrap();
     assert!(rt.describe().contains("docker"));
 
     let mut web = spec(
@@ -124,6 +129,8 @@ async fn containers_start_with_env_labels_ports_and_are_removed() {
     web.env.insert("SHARED_MONGO_PORT_27017".into(), "127.0.0.1:20000".into());
     web.ports = vec![Port { port: 80, proto: Proto::Tcp }, Port { port: 53, proto: Proto::Udp }];
     web.volumes = vec!["/data".into(), "shared:/shared".into()];
+    let ip = Ipv4Addr::new(10, 32, 0, 5);
+    web.address = Some(IpAddr::V4(ip));
 
     let t = Instant::now();
     let inst = rt.start(&web).await.unwrap();
@@ -131,7 +138,7 @@ async fn containers_start_with_env_labels_ports_and_are_removed() {
     assert_eq!(inst.name, "web_front_0");
     assert_eq!((inst.stack.as_str(), inst.job.as_str(), inst.index), ("web", "front", 0));
     assert_eq!(inst.state, InstanceState::Running);
-    assert_eq!(inst.address, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    assert_eq!(inst.address, Some(IpAddr::V4(ip)), "its own address, not the host's");
     assert_eq!(inst.spec_hash, spec_hash(&web));
     assert_eq!(inst.env.get("GREETING").map(String::as_str), Some("hello-viking"));
     assert_eq!(
@@ -140,9 +147,8 @@ async fn containers_start_with_env_labels_ports_and_are_removed() {
     );
     let tcp = Port { port: 80, proto: Proto::Tcp };
     let udp = Port { port: 53, proto: Proto::Udp };
-    let host_port = inst.ports.iter().find(|(p, _)| *p == tcp).map(|(_, h)| *h).unwrap();
-    assert!(host_port > 0);
-    assert!(inst.ports.iter().any(|(p, h)| *p == udp && *h > 0), "{:?}", inst.ports);
+    // Reached at its own address on its own ports: nothing is published on the host.
+    assert_eq!(inst.ports, vec![(tcp, 80), (udp, 53)]);
     let cookie = inst.netns_cookie.expect("a running container's netns cookie");
     assert_ne!(cookie, viking::datapath::netns::current_cookie().unwrap());
 
@@ -162,12 +168,22 @@ async fn containers_start_with_env_labels_ports_and_are_removed() {
     let v2 = cg.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
     assert_eq!(v2, format!("{}/{}", cgroup.relative, inst.handle), "{cg}");
 
-    // The published port reaches httpd, which serves the file it wrote to its volume.
-    let body = http_get(&d, host_port, "/index.html");
+    // Its address answers from the host's namespace: httpd serves the file it wrote to its
+    // volume. Inside, eth0 has that address and the MTU it was given.
+    let body = http_get(&host, ip, 80, "/index.html");
     assert!(body.contains("hello-viking from front"), "{body}");
     let on_host = data.path.join("volumes/web/front/data/index.html");
     assert_eq!(std::fs::read_to_string(&on_host).unwrap().trim(), "hello-viking from front");
     assert!(data.path.join("volumes/web/shared").is_dir());
+    let eth0 = d.cli(&["exec", &inst.handle, "ip", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(eth0.contains(&format!("inet {ip}/32")), "{eth0}");
+    let link = d.cli(&["exec", &inst.handle, "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(link, MTU.to_string());
+    assert_eq!(labels.get("viking.address"), Some(&ip.to_string()));
+    // Its network is its sandbox's: network mode `container:<sandbox>`.
+    let mode = d.cli(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &inst.handle]);
+    let sandbox = d.cli(&["inspect", "-f", "{{.Id}}", "web_front_0.sandbox"]);
+    assert_eq!(mode, format!("container:{sandbox}"));
 
     // Listed, as running, with its ports; another node's runtime on the same daemon sees none.
     let list = rt.list().await.unwrap();
@@ -175,7 +191,8 @@ async fn containers_start_with_env_labels_ports_and_are_removed() {
     assert_eq!(list[0].state, InstanceState::Running);
     assert_eq!(list[0].ports, inst.ports);
     assert_eq!(list[0].handle, inst.handle);
-    let other = DockerRuntime::connect(config(&unique("m"), &data, &cgroup), &d.socket).unwrap();
+    let other =
+        DockerRuntime::connect(config(&unique("m"), &data, &cgroup, &host), &d.socket).unwrap();
     assert!(other.list().await.unwrap().is_empty());
 
     // Starting the same instance again replaces the container.
@@ -198,7 +215,8 @@ async fn containers_start_with_env_labels_ports_and_are_removed() {
     let err = rt.start(&missing).await.unwrap_err().to_string();
     assert!(err.contains("not on this host"), "{err}");
 
-    // remove: gone from the list and from docker; removing again is fine.
+    // remove: gone from the list and from docker (its sandbox too, and the veth with it);
+    // removing again is fine.
     let t = Instant::now();
     rt.remove("web_front_0").await.unwrap();
     println!("remove (running): {:?}", t.elapsed());
@@ -206,15 +224,23 @@ async fn containers_start_with_env_labels_ports_and_are_removed() {
     rt.remove("web_front_0").await.unwrap();
     assert!(rt.list().await.unwrap().is_empty());
     assert_eq!(d.cli(&["ps", "-aq"]), "");
+    let veth = viking::netlink::instance::veth_name(&node, "web_front_0");
+    let out = std::process::Command::new("ip")
+        .args(["-n", &host.name, "link", "show", &veth])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "its veth is gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_follower_reconnects_after_dockerd_restart() {
     require_root();
     let cgroup = DockerCgroup::new();
+    let host = NetNs::new("vkdh");
     let data = TempDir::new("vkdd");
     let mut d = Dockerd::start();
-    let rt = DockerRuntime::connect(config(&unique("n"), &data, &cgroup), &d.socket).unwrap();
+    let rt =
+        DockerRuntime::connect(config(&unique("n"), &data, &cgroup, &host), &d.socket).unwrap();
     let notify = rt.changed();
 
     // Connected, and a container's events wake changed().
@@ -278,10 +304,11 @@ async fn event_follower_reconnects_after_dockerd_restart() {
 async fn run_with_io_pipes_stdin_and_output_and_returns_the_exit_code() {
     require_root();
     let cgroup = DockerCgroup::new();
+    let host = NetNs::new("vkdh");
     let data = TempDir::new("vkdd");
     let d = Dockerd::start();
     let node = unique("n");
-    let rt = DockerRuntime::connect(config(&node, &data, &cgroup), &d.socket).unwrap();
+    let rt = DockerRuntime::connect(config(&node, &data, &cgroup, &host), &d.socket).unwrap();
 
     let mut job = spec("tools", "cat", 0, "cat; echo \"to stderr: $WORD\" >&2; exit 7");
     job.env.insert("WORD".into(), "viking".into());
