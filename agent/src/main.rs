@@ -198,6 +198,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// This host's overlay peers: what its kernel holds for each member (VTEP, routes to its
+    /// instances) and why a member is left out.
+    Peers {
+        /// This host's name (default: the hostname).
+        #[arg(long, env = "VIKING_NODE")]
+        node: Option<String>,
+        /// The host's network namespace, when its agent runs with --host-netns.
+        #[arg(long)]
+        host_netns: Option<PathBuf>,
+        #[command(flatten)]
+        store: cli::store_args::StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// What the allocators hold: ambassador ports, stack subnets, container addresses.
     Allocations {
         #[command(flatten)]
@@ -355,6 +369,10 @@ async fn main() -> anyhow::Result<()> {
             cli::stacks::apply(&api.client()?, &dir).await
         }
         Command::Hosts { store, json } => cli::hosts::list(&store, json).await,
+        Command::Peers { node, host_netns, store, json } => {
+            let node = NodeArgs { node, bpffs: None }.node();
+            cli::peers::list(&store, &node, host_netns, json).await
+        }
         Command::Allocations { store, json } => cli::allocations::list(&store, json).await,
         Command::Services { node, json } => cli::services::list(&node.bpffs(), json),
         Command::Service(ServiceCmd::Add { node, name, frontend, proto, algo, backends }) => {

@@ -118,15 +118,18 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
     let address = host_address(&cfg).await?;
-    let prepared = overlay::prepare(overlay::Config {
-        node: cfg.node.clone(),
-        mode: cfg.overlay.mode,
-        vni: cfg.overlay.vni,
-        port: cfg.overlay.port,
-        address,
-        pool: cfg.overlay.pool,
-        host_netns: cfg.host_netns.clone(),
-    })
+    let prepared = overlay::prepare(
+        &store,
+        overlay::Config {
+            node: cfg.node.clone(),
+            mode: cfg.overlay.mode,
+            vni: cfg.overlay.vni,
+            port: cfg.overlay.port,
+            address,
+            pool: cfg.overlay.pool,
+            host_netns: cfg.host_netns.clone(),
+        },
+    )
     .await?;
     tracing::info!(
         mode = ?cfg.overlay.mode,

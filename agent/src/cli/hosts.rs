@@ -56,7 +56,11 @@ fn format_table(rows: &[HostRow]) -> String {
                 or_dash(i.capacity.cpus.into()),
                 or_dash(i.capacity.memory_mb),
                 or_dash(i.capacity.instances.into()),
-                i.overlay_subnet.map_or("-".into(), |n| n.to_string()),
+                match (&i.vtep, i.vtep()) {
+                    (None, _) => "-".into(),
+                    (Some(_), Ok(v)) => format!("vxlan {} vni {} port {}", v.mac, v.vni, v.port),
+                    (Some(_), Err(why)) => why,
+                },
                 r.host.lease.map_or("-".into(), |l| l.to_string()),
                 if r.leader { "*".into() } else { String::new() },
             ]

@@ -62,6 +62,10 @@ pub struct Vtep {
     /// The UDP port its VXLAN device listens on.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// The host's own address on the overlay (on its VXLAN device): the source of what the
+    /// host itself sends to instances on other hosts, so their replies come back the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 fn default_vni() -> u32 {

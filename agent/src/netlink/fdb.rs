@@ -40,6 +40,10 @@ impl Netlink {
                 match attr {
                     NeighbourAttribute::LinkLayerAddress(a) => mac = Mac::from_slice(a),
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+                    // NB: in an AF_BRIDGE message the destination is not parsed as IPv4.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                    }
                     NeighbourAttribute::Port(p) => port = *p,
                     NeighbourAttribute::Vni(v) => vni = *v,
                     _ => {}

@@ -177,6 +177,22 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Deletes `addr/prefix` from link `index`.
+    pub async fn del_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        let mut msg = rtnetlink::packet_route::address::AddressMessage::default();
+        msg.header.family = rtnetlink::packet_route::AddressFamily::Inet;
+        msg.header.index = index;
+        msg.header.prefix_len = prefix;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
+        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+        self.handle
+            .address()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(req(format!("deleting {addr}/{prefix} from link {index}")))
+    }
+
     /// A link's name and MTU.
     pub async fn link_name_mtu(&self, index: u32) -> Result<(String, u32)> {
         let mut links = self.handle.link().get().match_index(index).execute();

@@ -32,6 +32,8 @@ pub struct Route {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub device: Option<Vxlan>,
+    /// The host's overlay address, on the device (a /32).
+    pub address: Option<Ipv4Addr>,
     pub fdb: BTreeSet<Fdb>,
     /// On the VXLAN device: peer underlay address -> its VTEP MAC.
     pub neighbours: BTreeMap<Ipv4Addr, Mac>,
@@ -46,6 +48,8 @@ pub struct Me {
     pub mode: Mode,
     /// The VXLAN device it wants (vxlan mode with a usable address; `None` otherwise).
     pub device: Option<Vxlan>,
+    /// Its own address on the overlay (vxlan mode).
+    pub address: Option<Ipv4Addr>,
 }
 
 /// Another member, as this host sees it.
@@ -74,7 +78,7 @@ pub struct Desired {
 }
 
 /// A peer's usable VTEP, or why it has none.
-fn vtep_of(h: &HostInfo, me: &Vxlan) -> Result<(Ipv4Addr, Mac, u16), String> {
+fn vtep_of(h: &HostInfo, me: &Vxlan) -> Result<(Ipv4Addr, Mac, u16, Option<Ipv4Addr>), String> {
     let IpAddr::V4(addr) = h.address else {
         return Err(format!("its address {} is IPv6; the overlay runs on IPv4", h.address));
     };
@@ -89,16 +93,21 @@ fn vtep_of(h: &HostInfo, me: &Vxlan) -> Result<(Ipv4Addr, Mac, u16), String> {
     if vtep.port == 0 {
         return Err("its VXLAN port is 0".into());
     }
-    Ok((addr, mac, vtep.port))
+    Ok((addr, mac, vtep.port, vtep.address))
 }
 
 /// What the kernel should hold. `instances` is every instance address with the host it is
 /// placed on (the leader's intent).
 pub fn desired(me: &Me, members: &[HostInfo], instances: &[(String, Ipv4Addr)]) -> Desired {
     let mut out = Desired {
-        state: State { device: me.device.clone(), ..State::default() },
+        state: State {
+            device: me.device.clone(),
+            address: me.device.as_ref().and(me.address),
+            ..State::default()
+        },
         ..Desired::default()
     };
+    out.local.extend(out.state.address);
     let mut by_host: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
     for (host, ip) in instances {
         if *host == me.name {
@@ -122,13 +131,15 @@ pub fn desired(me: &Me, members: &[HostInfo], instances: &[(String, Ipv4Addr)]) 
             instances: 0,
             problem: None,
         };
+        let mut host_address = None;
         let gateway: Result<(Ipv4Addr, bool), String> = match (me.mode, &me.device) {
             (Mode::Vxlan, None) => {
                 Err("this host has no VXLAN device (its address is loopback)".into())
             }
-            (Mode::Vxlan, Some(dev)) => vtep_of(h, dev).map(|(addr, mac, port)| {
+            (Mode::Vxlan, Some(dev)) => vtep_of(h, dev).map(|(addr, mac, port, overlay)| {
                 peer.mac = Some(mac.to_string());
                 peer.port = Some(port);
+                host_address = overlay;
                 (addr, true)
             }),
             (Mode::HostGw, _) => match h.address {
@@ -156,6 +167,10 @@ pub fn desired(me: &Me, members: &[HostInfo], instances: &[(String, Ipv4Addr)]) 
                     }
                     out.state.routes.insert(ip, Route { gateway: addr, on_device });
                     peer.instances += 1;
+                }
+                // Its own overlay address, which what it sends itself comes from.
+                if let Some(ip) = host_address.filter(|ip| !out.local.contains(ip)) {
+                    out.state.routes.insert(ip, Route { gateway: addr, on_device });
                 }
             }
             Err(why) => {
@@ -199,7 +214,7 @@ mod tests {
     }
 
     fn me(mode: Mode) -> Me {
-        Me { name: "a".into(), mode, device: (mode == Mode::Vxlan).then(device) }
+        Me { name: "a".into(), mode, device: (mode == Mode::Vxlan).then(device), address: None }
     }
 
     fn host(name: &str, addr: &str, mac: Option<&str>) -> HostInfo {
@@ -214,7 +229,7 @@ mod tests {
             load: 0,
         };
         if let Some(mac) = mac {
-            h.set_vtep(&Vtep { mac: mac.into(), vni: 42, port: 4789 });
+            h.set_vtep(&Vtep { mac: mac.into(), vni: 42, port: 4789, address: None });
         }
         h
     }
@@ -286,7 +301,12 @@ mod tests {
     #[test]
     fn a_vni_mismatch_or_a_shared_address_is_left_out() {
         let mut other_vni = host("b", "10.0.2.1", None);
-        other_vni.set_vtep(&Vtep { mac: "02:00:00:00:00:0b".into(), vni: 7, port: 4789 });
+        other_vni.set_vtep(&Vtep {
+            mac: "02:00:00:00:00:0b".into(),
+            vni: 7,
+            port: 4789,
+            address: None,
+        });
         let members = [
             other_vni,
             host("c", "10.0.3.1", Some("02:00:00:00:00:0c")),
@@ -302,9 +322,30 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_s_own_overlay_address_is_routed_and_mine_is_local() {
+        let mut b = host("b", "10.0.2.1", None);
+        b.set_vtep(&Vtep {
+            mac: "02:00:00:00:00:0b".into(),
+            vni: 42,
+            port: 4789,
+            address: Some(ip("10.32.16.3")),
+        });
+        let mut m = me(Mode::Vxlan);
+        m.address = Some(ip("10.32.16.2"));
+        let d = desired(&m, &[b], &[]);
+        assert_eq!(d.state.address, Some(ip("10.32.16.2")));
+        assert!(d.local.contains(&ip("10.32.16.2")));
+        assert_eq!(
+            d.state.routes.get(&ip("10.32.16.3")),
+            Some(&Route { gateway: ip("10.0.2.1"), on_device: true })
+        );
+        assert_eq!(d.peers[0].instances, 0, "a host address is not an instance");
+    }
+
+    #[test]
     fn another_port_goes_into_the_fdb_entry() {
         let mut b = host("b", "10.0.2.1", None);
-        b.set_vtep(&Vtep { mac: "02:00:00:00:00:0b".into(), vni: 42, port: 8472 });
+        b.set_vtep(&Vtep { mac: "02:00:00:00:00:0b".into(), vni: 42, port: 8472, address: None });
         let d = desired(&me(Mode::Vxlan), &[b], &[]);
         assert_eq!(d.state.fdb.iter().next().map(|f| f.port), Some(8472));
     }

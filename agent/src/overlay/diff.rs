@@ -12,6 +12,8 @@ use crate::netlink::{fdb::Fdb, vxlan::Vxlan, Mac};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     DelRoute(Ipv4Addr, Route),
+    /// The host's overlay address goes from the device.
+    DelAddress(Ipv4Addr),
     DelNeighbour(Ipv4Addr),
     DelFdb(Fdb),
     /// The device goes (with everything on it).
@@ -20,6 +22,8 @@ pub enum Op {
     AddDevice(Vxlan),
     /// MTU, MAC or up state brought in line, in place.
     SetDevice(Vxlan),
+    /// The host's overlay address, on the device.
+    AddAddress(Ipv4Addr),
     AddFdb(Fdb),
     AddNeighbour(Ipv4Addr, Mac),
     AddRoute(Ipv4Addr, Route),
@@ -45,6 +49,9 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
             out.push(Op::DelRoute(*ip, *r));
         }
     }
+    if let Some(a) = on_device.address.filter(|a| want.address != Some(*a)) {
+        out.push(Op::DelAddress(a));
+    }
     for ip in on_device.neighbours.keys() {
         if !want.neighbours.contains_key(ip) {
             out.push(Op::DelNeighbour(*ip));
@@ -66,6 +73,9 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
             out.push(Op::SetDevice(w.clone()))
         }
         _ => {}
+    }
+    if let Some(a) = want.address.filter(|a| on_device.address != Some(*a)) {
+        out.push(Op::AddAddress(a));
     }
     for f in &want.fdb {
         if !on_device.fdb.contains(f) {
@@ -120,7 +130,7 @@ mod tests {
             .iter()
             .map(|(d, g)| (ip(d), Route { gateway: ip(g), on_device: true }))
             .collect();
-        State { device: Some(device(42)), fdb, neighbours, routes }
+        State { device: Some(device(42)), address: Some(ip("10.32.16.2")), fdb, neighbours, routes }
     }
 
     #[test]
@@ -170,7 +180,7 @@ mod tests {
         let ops = diff(&want, &have);
         assert_eq!(ops[0], Op::DelDevice);
         assert_eq!(ops[1], Op::AddDevice(device(42)));
-        assert_eq!(ops.len(), 5, "{ops:?}");
+        assert_eq!(ops.len(), 6, "{ops:?}");
     }
 
     #[test]

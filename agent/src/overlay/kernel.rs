@@ -31,6 +31,12 @@ pub async fn dump(nl: &Netlink) -> Result<(State, Option<u32>), NetlinkError> {
         None => None,
     };
     if let Some(i) = index {
+        s.address = nl
+            .ipv4_addresses()
+            .await?
+            .into_iter()
+            .find(|(l, _, p)| *l == i && *p == 32)
+            .map(|(_, a, _)| a);
         s.fdb = nl.fdb(i).await?.into_iter().collect();
         s.neighbours = nl.permanent_neighbours(i).await?.into_iter().collect();
     }
@@ -82,6 +88,15 @@ pub async fn apply(
                 nl.del_gateway_route(&gateway_route(ip, &r, index)).await?;
                 done.removed += 1;
             }
+            Op::DelAddress(ip) => {
+                nl.del_address(need()?, ip, 32).await?;
+                done.removed += 1;
+            }
+            Op::AddAddress(ip) => {
+                need()?;
+                nl.add_address(DEVICE, std::net::IpAddr::V4(ip), 32).await?;
+                done.added += 1;
+            }
             Op::DelNeighbour(ip) => {
                 nl.del_neighbour(need()?, ip).await?;
                 done.removed += 1;
@@ -97,11 +112,8 @@ pub async fn apply(
             }
             Op::AddDevice(v) => {
                 let i = nl.create_vxlan(&v).await?;
-                nl.set_link(i, v.mtu, v.mac, v.up).await?;
-                // NB: traffic from this host itself leaves through the device with a source
-                // address of another link; replies come back on the underlay. Loose reverse-path
-                // filtering lets those through wherever the host runs strict.
                 super::device_sysctls(&v.name)?;
+                nl.set_link(i, v.mtu, v.mac, v.up).await?;
                 index = Some(i);
                 done.added += 1;
             }

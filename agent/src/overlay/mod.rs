@@ -30,6 +30,11 @@ pub use setup::{prepare, Prepared};
 
 /// The VXLAN device's name.
 pub const DEVICE: &str = "vk-vxlan";
+/// The allocator's pseudo-stack that hosts' overlay addresses come from (`_` is in no stack
+/// name, so no deployment can own it).
+pub const HOST_ADDRESSES: &str = "_hosts";
+/// How many hosts its subnet is sized for.
+pub const HOST_ADDRESSES_SIZE: u64 = 4093;
 /// Bytes VXLAN adds to each packet over IPv4: outer IP 20, UDP 8, VXLAN 8, inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
@@ -72,9 +77,15 @@ fn netns_sysctls() -> Result<(), crate::netlink::NetlinkError> {
     crate::netlink::sysctl("net/ipv4/ip_forward", "1")
 }
 
-/// Loose reverse-path filtering on the VXLAN device (the host's own traffic to a remote
-/// instance leaves through it with another link's source address and comes back on the
-/// underlay).
+/// On the VXLAN device, before it goes up: loose reverse-path filtering (the host's own
+/// traffic to a remote instance leaves through it with another link's source address and its
+/// replies come back on the underlay), and no IPv6 (the overlay is IPv4; a link-local address
+/// would only make it chatty).
 fn device_sysctls(device: &str) -> Result<(), crate::netlink::NetlinkError> {
-    crate::netlink::sysctl(&format!("net/ipv4/conf/{device}/rp_filter"), "2")
+    crate::netlink::sysctl(&format!("net/ipv4/conf/{device}/rp_filter"), "2")?;
+    let v6 = format!("net/ipv6/conf/{device}/disable_ipv6");
+    if std::path::Path::new("/proc/sys").join(&v6).exists() {
+        crate::netlink::sysctl(&v6, "1")?;
+    }
+    Ok(())
 }

@@ -27,7 +27,8 @@ pub struct PeerRow {
 /// The rows for host `me` given the members and the kernel's overlay state.
 pub fn report(me: &str, members: &[HostInfo], kernel: &State) -> Vec<PeerRow> {
     let mode = if kernel.device.is_some() { Mode::Vxlan } else { Mode::HostGw };
-    let m = Me { name: me.to_owned(), mode, device: kernel.device.clone() };
+    let m =
+        Me { name: me.to_owned(), mode, device: kernel.device.clone(), address: kernel.address };
     let d = desired(&m, members, &[]);
     d.peers
         .into_iter()

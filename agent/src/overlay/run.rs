@@ -88,6 +88,7 @@ impl<S: Store> Overlay<S> {
             name: self.prepared.cfg.node.clone(),
             mode: self.prepared.cfg.mode,
             device: self.prepared.device.clone(),
+            address: self.prepared.address,
         }
     }
 

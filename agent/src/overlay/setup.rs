@@ -7,8 +7,9 @@ use ipnetwork::Ipv4Network;
 
 use super::{Config, Mode, OverlayError, DEVICE, VXLAN_OVERHEAD};
 use crate::{
-    cluster::membership::Vtep,
+    cluster::{membership::Vtep, Addresses},
     netlink::{in_netns_or_here, routes::HostRoute, vxlan::Vxlan, Mac, NetlinkError, PROTO_VIKING},
+    store::Store,
 };
 
 /// The overlay as it was set up: what the loop keeps, the VTEP for the membership record and
@@ -19,6 +20,8 @@ pub struct Prepared {
     /// The VXLAN device (vxlan mode on a routable address).
     pub device: Option<Vxlan>,
     pub vtep: Option<Vtep>,
+    /// The host's own overlay address (vxlan mode).
+    pub address: Option<Ipv4Addr>,
     /// The MTU of instance interfaces.
     pub mtu: u32,
     /// The underlay link's name and MTU.
@@ -47,8 +50,9 @@ pub fn collision(pool: Ipv4Network, routes: &[HostRoute]) -> Option<&HostRoute> 
     })
 }
 
-/// Checks the host and brings up the VXLAN device (kept as it is when it is already right).
-pub async fn prepare(cfg: Config) -> Result<Prepared, OverlayError> {
+/// Checks the host, takes its overlay address from the allocator (the same one on every start)
+/// and brings up the VXLAN device (kept as it is when it is already right).
+pub async fn prepare<S: Store>(store: &S, cfg: Config) -> Result<Prepared, OverlayError> {
     let IpAddr::V4(address) = cfg.address else {
         return Err(OverlayError::Setup(format!(
             "--address {} is IPv6; the overlay's underlay is IPv4",
@@ -98,6 +102,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, OverlayError> {
             cfg,
             device: None,
             vtep: None,
+            address: None,
             mtu: 1500 - VXLAN_OVERHEAD,
             underlay: ("lo".into(), 65536),
         });
@@ -127,7 +132,28 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, OverlayError> {
         learning: false,
         up: true,
     });
-    let vtep = device.as_ref().map(|d| Vtep { mac: d.mac.to_string(), vni: d.vni, port: d.port });
+    let overlay_address = match cfg.mode {
+        Mode::Vxlan => {
+            let a = Addresses::new(store.clone(), cfg.pool);
+            let taken = async {
+                a.subnet(super::HOST_ADDRESSES, super::HOST_ADDRESSES_SIZE).await?;
+                a.address(super::HOST_ADDRESSES, &cfg.node).await
+            };
+            Some(taken.await.map_err(|e| {
+                OverlayError::Setup(format!(
+                    "taking this host's overlay address from {}: {e}",
+                    cfg.pool
+                ))
+            })?)
+        }
+        Mode::HostGw => None,
+    };
+    let vtep = device.as_ref().map(|d| Vtep {
+        mac: d.mac.to_string(),
+        vni: d.vni,
+        port: d.port,
+        address: overlay_address,
+    });
     let want = device.clone();
     in_netns_or_here(cfg.host_netns.as_deref(), move |nl| async move {
         super::netns_sysctls()?;
@@ -156,7 +182,14 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, OverlayError> {
         cfg.vni, cfg.port
     ))
     })?;
-    Ok(Prepared { cfg, device, vtep, mtu, underlay: (name, underlay_mtu) })
+    Ok(Prepared {
+        cfg,
+        device,
+        vtep,
+        address: overlay_address,
+        mtu,
+        underlay: (name, underlay_mtu),
+    })
 }
 
 #[cfg(test)]
