@@ -7,7 +7,7 @@
 //! reach each other across hosts through the overlay.
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -280,9 +280,7 @@ impl Drop for Cluster {
 
 /// The path of a test binary (`vk-probe`) to put in a job's command.
 pub fn bin(name: &str) -> String {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join(name).display().to_string()
+    crate::target_dir().join(name).display().to_string()
 }
 
 /// The rows of one job.

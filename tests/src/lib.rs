@@ -30,10 +30,20 @@ pub fn require_root() {
     );
 }
 
+/// The directory the binaries of this build are in (target/<profile>): a test binary runs
+/// from its `deps/`, vk-bench from the directory itself.
+pub fn target_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("target dir");
+    match dir.file_name() {
+        Some(n) if n == "deps" => dir.parent().expect("target dir").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
 /// The `viking` binary built next to this test binary (target/<profile>/viking).
 pub fn viking_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let dir = target_dir();
     let bin = dir.join("viking");
     assert!(bin.exists(), "{} missing: build it first (cargo build -p viking)", bin.display());
     bin
@@ -41,7 +51,5 @@ pub fn viking_bin() -> std::path::PathBuf {
 
 /// The probe binary of this package.
 pub fn probe_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    dir.join("vk-probe")
+    target_dir().join("vk-probe")
 }

@@ -16,6 +16,7 @@
 pub mod client;
 pub mod discovery;
 pub mod hooks;
+pub mod overlay;
 pub mod report;
 pub mod server;
 pub mod world;

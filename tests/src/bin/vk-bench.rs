@@ -2,8 +2,10 @@
 //!
 //!   vk-bench datapath [--json FILE] [--quick]   the whole benchmark (viking_tests::bench)
 //!   vk-bench discovery [--json FILE] [--quick]  store change -> datapath (bench::discovery)
+//!   vk-bench overlay [--json FILE] [--quick]    overlay vs underlay (bench::overlay)
 //!   vk-bench cps ADDR SECS THREADS               connection loop; prints one JSON line
 //!   vk-bench latency ADDR SAMPLES                connect() timings; prints one JSON line
+//!   vk-bench rr ADDR SAMPLES                     request/response round trips; one JSON line
 //!
 //! `cps` and `latency` are what the benchmark runs as children inside the client namespace
 //! and the datapath's cgroup.
@@ -14,8 +16,10 @@ use viking_tests::bench::{self, client};
 
 const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--quick]
        vk-bench discovery [--json FILE] [--quick]
+       vk-bench overlay [--json FILE] [--quick]
        vk-bench cps ADDR SECS THREADS
-       vk-bench latency ADDR SAMPLES";
+       vk-bench latency ADDR SAMPLES
+       vk-bench rr ADDR SAMPLES";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -32,7 +36,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         args.get(i).map(String::as_str).with_context(|| format!("missing {what}\n{USAGE}"))
     };
     match args.first().map(String::as_str) {
-        Some(which @ ("datapath" | "discovery")) => {
+        Some(which @ ("datapath" | "discovery" | "overlay")) => {
             let mut opts = bench::Options::default();
             let mut rest = args[1..].iter();
             while let Some(a) = rest.next() {
@@ -44,10 +48,10 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                     other => bail!("unknown argument {other:?}\n{USAGE}"),
                 }
             }
-            if which == "datapath" {
-                bench::run(&opts)
-            } else {
-                bench::discovery::run(&opts)
+            match which {
+                "datapath" => bench::run(&opts),
+                "overlay" => bench::overlay::run(&opts),
+                _ => bench::discovery::run(&opts),
             }
         }
         Some("cps") => {
@@ -63,6 +67,11 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             };
             let samples: usize = arg(2, "SAMPLES")?.parse().context("SAMPLES")?;
             print_json(&client::latency(addr, samples, samples / 20))
+        }
+        Some("rr") => {
+            let addr: SocketAddr = arg(1, "ADDR")?.parse().context("ADDR")?;
+            let samples: usize = arg(2, "SAMPLES")?.parse().context("SAMPLES")?;
+            print_json(&bench::overlay::rr(addr, samples)?)
         }
         _ => bail!("{USAGE}"),
     }
