@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: Viking at work on this one machine, with readable output.
 //!
-//! Three "hosts" (alpha, bravo, charlie) are network namespaces on a private bridge, in a
-//! namespace of their own, so no traffic leaves what the demo created. One etcd holds the
+//! Three "hosts" (alpha, bravo, charlie) are network namespaces on subnets of their own, joined
+//! only by a router namespace (no shared L2 segment, as between real hosts in different racks),
+//! so no traffic leaves what the demo created. Instances reach each other across hosts through
+//! the overlay (a VXLAN device per host); the demo prints each host's peers. One etcd holds the
 //! cluster's state; each host has an agent (its own cgroup, bpffs dir, API and exec runtime
 //! plumbing instances into the host's namespace). The seed 000 stacks, with real workloads
 //! (examples/demo: redis-server for mongo, busybox httpd for auth and middleware, a client
@@ -24,9 +26,9 @@ use serde_json::Value;
 
 use crate::{setup, util::root};
 
-const LAN: &str = "vkdemo-lan";
+const ROUTER: &str = "vkdemo-router";
 const HOSTS: [(&str, &str, u16); 3] =
-    [("alpha", "10.77.0.1", 7711), ("bravo", "10.77.0.2", 7712), ("charlie", "10.77.0.3", 7713)];
+    [("alpha", "10.77.1.2", 7711), ("bravo", "10.77.2.2", 7712), ("charlie", "10.77.3.2", 7713)];
 const ETCD_CLIENT: u16 = 23791;
 const ETCD_PEER: u16 = 23792;
 
@@ -125,7 +127,7 @@ impl Drop for World {
             let _ = std::fs::remove_dir_all(&run);
             let _ = Command::new("ip").args(["netns", "del", &ns(host)]).status();
         }
-        let _ = Command::new("ip").args(["netns", "del", LAN]).status();
+        let _ = Command::new("ip").args(["netns", "del", ROUTER]).status();
         let _ = std::fs::remove_dir_all(&self.dir);
         println!("    removed namespaces, cgroups, pins, instances, etcd data and processes");
     }
@@ -194,26 +196,29 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         dir: dir.clone(),
     };
 
-    println!("\n==> three hosts on one private LAN");
-    sh(&["ip", "netns", "add", LAN])?;
-    sh(&["ip", "-n", LAN, "link", "add", "br0", "type", "bridge"])?;
-    sh(&["ip", "-n", LAN, "link", "set", "br0", "up"])?;
+    println!("\n==> three hosts on three subnets, joined only by a router");
+    sh(&["ip", "netns", "add", ROUTER])?;
+    sh(&["ip", "netns", "exec", ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     let cg_root = cgroup2()?;
     for (i, (host, ip, _)) in HOSTS.iter().enumerate() {
         let n = ns(host);
         sh(&["ip", "netns", "add", &n])?;
         let (a, b) = (format!("vkd{i}"), format!("vkd{i}p"));
         sh(&[
-            "ip", "link", "add", &a, "netns", &n, "type", "veth", "peer", "name", &b, "netns", LAN,
+            "ip", "link", "add", &a, "netns", &n, "type", "veth", "peer", "name", &b, "netns",
+            ROUTER,
         ])?;
-        sh(&["ip", "-n", LAN, "link", "set", &b, "master", "br0", "up"])?;
+        let gateway = ip.rsplit_once('.').map(|(net, _)| format!("{net}.1")).unwrap_or_default();
+        sh(&["ip", "-n", ROUTER, "addr", "add", &format!("{gateway}/24"), "dev", &b])?;
+        sh(&["ip", "-n", ROUTER, "link", "set", &b, "up"])?;
         sh(&["ip", "-n", &n, "addr", "add", &format!("{ip}/24"), "dev", &a])?;
         sh(&["ip", "-n", &n, "link", "set", &a, "up"])?;
         sh(&["ip", "-n", &n, "link", "set", "lo", "up"])?;
+        sh(&["ip", "-n", &n, "route", "add", "default", "via", &gateway])?;
         let cg = cg_root.join(&n);
         std::fs::create_dir_all(&cg)?;
         w.cgroups.push((host.to_string(), cg));
-        println!("    {host:<8} {ip}");
+        println!("    {host:<8} {ip}/24, via the router's {gateway}");
     }
 
     println!("\n==> etcd: the cluster's state (127.0.0.1:{ETCD_CLIENT})");
@@ -297,6 +302,27 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     println!("{}", indent(&cli(&["ps"])?));
     let rows = ps()?;
     let web_host = job(&rows, "web", "web")[0]["host"].as_str().unwrap_or_default().to_owned();
+
+    println!(
+        "\n==> viking peers on each host: its overlay peers as its kernel holds them (a VXLAN \
+         device; per peer an FDB and a neighbour entry, a route per instance)"
+    );
+    for (host, _, _) in HOSTS {
+        let peers = sh(&[
+            viking.to_str().unwrap_or("viking"),
+            "peers",
+            "--node",
+            host,
+            "--host-netns",
+            &format!("/run/netns/{}", ns(host)),
+            "--store",
+            &store,
+        ])?;
+        println!("{}", indent(&peers));
+        if peers.lines().skip(2).any(|l| !l.trim_end().ends_with(" ok")) {
+            bail!("{host} has a peer that is not programmed:\n{peers}");
+        }
+    }
 
     println!("\n==> viking env web/web: the link variables web got (ambassador ports from etcd)");
     println!("{}", indent(&cli(&["env", "web/web"])?));

@@ -258,3 +258,18 @@ pub fn cleanup(bpffs: &Path) -> anyhow::Result<()> {
     tracing::info!(bpffs = %bpffs.display(), "datapath removed");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unspecified_api_address_is_advertised_as_the_host_s() {
+        let host: IpAddr = "10.0.1.10".parse().unwrap();
+        let adv = |api: &str| advertised_api(api.parse().unwrap(), host).to_string();
+        assert_eq!(adv("0.0.0.0:7700"), "10.0.1.10:7700");
+        assert_eq!(adv("[::]:7700"), "10.0.1.10:7700");
+        assert_eq!(adv("127.0.0.1:7700"), "127.0.0.1:7700", "as given when it names an address");
+        assert_eq!(adv("10.0.1.10:7701"), "10.0.1.10:7701");
+    }
+}

@@ -16,7 +16,7 @@
 //! Nothing is sent to the members' made-up underlay addresses.
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -217,10 +217,10 @@ async fn data_path(plan: &Plan) -> anyhow::Result<(PathResult, PathResult, u32)>
         .to_string();
     // Underlay servers: plain processes in B's namespace.
     let mut iperf_u = b.ns.command("iperf3", None);
-    iperf_u.args(["-s", "-p", "5202"]);
+    iperf_u.args(["-s", "-p", "5202"]).stdout(Stdio::null()).stderr(Stdio::null());
     let _iperf_u = ChildGuard::spawn(iperf_u);
     let mut echo_u = b.ns.command(&probe, None);
-    echo_u.args(["serve", &format!("{}:7001", b.ip), "echo"]);
+    echo_u.args(["serve", &format!("{}:7001", b.ip), "echo"]).stdout(Stdio::null());
     let _echo_u = ChildGuard::spawn(echo_u);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, mtu) = a.run("cat", &["/sys/class/net/vk-vxlan/mtu"]);

@@ -120,4 +120,40 @@ async fn an_agent_restart_leaves_the_kernel_as_it_is_and_traffic_flowing() {
         let log = h.agent.log();
         assert!(log.contains("overlay ready") && !log.contains("overlay synced"), "{log}");
     }
+    drop(monitors);
+
+    // A's agent stops; meanwhile a stale route of Viking's appears and B's neighbour entry
+    // goes. The next agent removes the one, adds the other, and leaves the rest alone.
+    let peer = c.hosts[1].ip.clone();
+    c.hosts[0].agent.kill();
+    let stale = "10.32.200.1/32";
+    let (ok, out) = c.hosts[0].run(
+        "ip",
+        &["route", "add", stale, "via", &peer, "dev", "vk-vxlan", "onlink", "proto", "77"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = c.hosts[0].run("ip", &["neigh", "del", &peer, "dev", "vk-vxlan"]);
+    assert!(ok, "{out}");
+    let untouched = Monitor::start(&c, &c.hosts[0], "a2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.hosts[0].agent.restart().await;
+    super::eventually(&c, "the stale route gone, the neighbour back", 20, || async {
+        let d = c.hosts[0].overlay_dump();
+        if d == before[0] {
+            Ok(())
+        } else {
+            Err(d)
+        }
+    })
+    .await;
+    let events = untouched.overlay_events();
+    assert!(events.iter().any(|e| e.starts_with("Deleted 10.32.200.1")), "{events:?}");
+    assert!(
+        events.iter().any(|e| e.starts_with(&format!("{peer} dev vk-vxlan lladdr"))),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.contains(&srv.to_string())),
+        "srv's route untouched: {events:?}"
+    );
 }
