@@ -26,6 +26,10 @@ pub struct Intent {
     pub fixed: bool,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The hash of the job record it was made from (`deploy::plans::record_hash`): a static
+    /// job keeps its intent while its own record is unchanged.
+    #[serde(default)]
+    pub record: String,
 }
 
 /// What an instance is doing, as its host's agent says.
@@ -163,6 +167,13 @@ pub async fn ps<S: crate::store::Store>(
             ports: Vec::new(),
             restarts: 0,
         });
+    }
+    // What a running job lacks (a link to a stack that went) is said beside its state.
+    let plans = crate::deploy::Plans::read(store).await?;
+    for r in rows.iter_mut().filter(|r| r.detail.is_empty()) {
+        if let Some(p) = plans.get(&r.stack, &r.job) {
+            r.detail = p.problems().join("; ");
+        }
     }
     rows.retain(|r| stack.is_none_or(|s| r.stack == s));
     rows.sort_by(|a, b| (&a.stack, &a.job, a.index).cmp(&(&b.stack, &b.job, b.index)));

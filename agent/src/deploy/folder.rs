@@ -64,8 +64,13 @@ pub struct DeployedJobs {
 impl DeployedJobs {
     pub async fn read<S: Store>(store: &S) -> Result<Self, StoreError> {
         let listing = store.list(PREFIX).await?;
-        let mut out = Self { revision: listing.revision, ..Self::default() };
-        for kv in &listing.kvs {
+        Ok(Self::from_kvs(&listing.kvs, listing.revision))
+    }
+
+    /// The records of a listing of the folder.
+    pub fn from_kvs(kvs: &[crate::store::KeyValue], revision: i64) -> Self {
+        let mut out = Self { revision, ..Self::default() };
+        for kv in kvs {
             match parse_record(&kv.key, &kv.value) {
                 Ok(r) => {
                     out.jobs.insert((r.stack, r.job.name.clone()), r.job);
@@ -73,7 +78,7 @@ impl DeployedJobs {
                 Err(e) => out.invalid.push(e),
             }
         }
-        Ok(out)
+        out
     }
 
     pub fn stack<'a>(&'a self, stack: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
