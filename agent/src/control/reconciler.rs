@@ -618,7 +618,7 @@ mod tests {
     #[test]
     fn missing_instances_start_once_what_they_link_to_is_registered() {
         let web = intent("web", true, &[("shared", "db")]);
-        let mut v = view(&[web.clone()]);
+        let mut v = view(std::slice::from_ref(&web));
         let mut backoff = BTreeMap::new();
         let now = Instant::now();
         let d = decide(&v, &BTreeMap::new(), &mut backoff, &BTreeMap::new(), now);
@@ -635,7 +635,7 @@ mod tests {
     #[test]
     fn a_crash_is_backed_off_and_counted_once() {
         let web = intent("web", true, &[]);
-        let v = view(&[web.clone()]);
+        let v = view(std::slice::from_ref(&web));
         let running = BTreeMap::from([(web.spec.name(), instance(&web, InstanceState::Exited(1)))]);
         let mut backoff = BTreeMap::new();
         let now = Instant::now();
@@ -652,7 +652,7 @@ mod tests {
     #[test]
     fn run_once_jobs_finish_once_and_stay_finished() {
         let job = intent("task", false, &[]);
-        let v = view(&[job.clone()]);
+        let v = view(std::slice::from_ref(&job));
         let exited = BTreeMap::from([(job.spec.name(), instance(&job, InstanceState::Exited(3)))]);
         let mut backoff = BTreeMap::new();
         let now = Instant::now();
