@@ -96,6 +96,9 @@ pub struct PsRow {
     pub address: Option<IpAddr>,
     pub ports: Vec<(Port, u16)>,
     pub restarts: u32,
+    /// Process id (exec) or container id (docker), once it runs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub handle: String,
 }
 
 /// Every instance the cluster knows of, joined from intent, status and waiting records,
@@ -128,6 +131,7 @@ pub async fn ps<S: crate::store::Store>(
                 address: st.address,
                 ports: st.ports.clone(),
                 restarts: st.restarts,
+                handle: st.handle.clone(),
                 stack: s,
                 job,
                 index,
@@ -139,6 +143,7 @@ pub async fn ps<S: crate::store::Store>(
                 address: None,
                 ports: Vec::new(),
                 restarts: 0,
+                handle: String::new(),
                 stack: s,
                 job,
                 index,
@@ -166,6 +171,7 @@ pub async fn ps<S: crate::store::Store>(
             address: None,
             ports: Vec::new(),
             restarts: 0,
+            handle: String::new(),
         });
     }
     // What a running job lacks (a link to a stack that went) is said beside its state.
