@@ -15,7 +15,7 @@ use viking_tests::etcd::Etcd;
 fn host(name: &str, ip: &str) -> HostInfo {
     HostInfo {
         name: name.into(),
-        address: ip.parse().unwrap(),
+        address: ip.parse().expect("an address"),
         tags: vec![],
         capacity: Default::default(),
         overlay_subnet: None,
@@ -25,14 +25,14 @@ fn host(name: &str, ip: &str) -> HostInfo {
 }
 
 fn stack(name: &str, text: &str) -> Stack {
-    Stack::from_text(std::path::Path::new(&format!("{name}.yml")), text, name).unwrap()
+    Stack::from_text(std::path::Path::new(&format!("{name}.yml")), text, name).expect("a stack")
 }
 
 async fn intents<S: Store>(store: &S, stack: &str) -> usize {
     store
         .list(keys::PROC)
         .await
-        .unwrap()
+        .expect("list the intent")
         .kvs
         .iter()
         .filter(|kv| {
