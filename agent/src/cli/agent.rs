@@ -71,23 +71,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
+    // NB: an API bound to every address is reached on this host's address.
+    let advertised = if cfg.api.ip().is_unspecified() {
+        std::net::SocketAddr::new(cfg.address, cfg.api.port())
+    } else {
+        cfg.api
+    };
     let info = HostInfo {
-        name: cfg.node.clone(),
-        address: cfg.address,
         tags: cfg.tags.clone(),
-        capacity: Default::default(),
-        overlay_subnet: None,
+        api: Some(advertised.to_string()),
         load: membership::loadavg().unwrap_or(0),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        ..HostInfo::new(cfg.node.clone(), cfg.address)
     };
     let member = cluster::membership::join(&store, info.clone(), membership::DEFAULT_TTL)
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
     let (leading, leader_key) =
-        elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: cfg.api.to_string() });
+        elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: advertised.to_string() });
 
     let runtime = open_runtime(&cfg)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));

@@ -478,15 +478,7 @@ mod tests {
     use crate::deploy::plans::PlannedLink;
 
     fn host(name: &str) -> HostInfo {
-        HostInfo {
-            name: name.into(),
-            address: "10.0.0.1".parse().unwrap(),
-            tags: vec![],
-            capacity: Default::default(),
-            overlay_subnet: None,
-            started: 0,
-            load: 0,
-        }
+        HostInfo::new(name, "10.0.0.1".parse().unwrap())
     }
 
     fn job(name: &str, scale: u32) -> Job {

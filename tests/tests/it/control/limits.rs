@@ -13,15 +13,7 @@ use viking::{
 use viking_tests::etcd::Etcd;
 
 fn host(name: &str, ip: &str) -> HostInfo {
-    HostInfo {
-        name: name.into(),
-        address: ip.parse().expect("an address"),
-        tags: vec![],
-        capacity: Default::default(),
-        overlay_subnet: None,
-        started: 0,
-        load: 0,
-    }
+    HostInfo::new(name, ip.parse().expect("an address"))
 }
 
 fn stack(name: &str, text: &str) -> Stack {
