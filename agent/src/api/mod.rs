@@ -3,6 +3,7 @@
 //! Any node answers; writes on a node that does not lead are forwarded once to the leader.
 //! Every route but `/v1/health` needs `Authorization: Bearer <token>` (`token`).
 pub mod client;
+pub mod run;
 pub mod server;
 pub mod token;
 

@@ -33,6 +33,8 @@ pub struct ApiState<S: Store> {
     /// Whether this node leads now (from its election task).
     pub leading: watch::Receiver<bool>,
     pub http: reqwest::Client,
+    /// What runs `viking run` jobs placed on this host (the agent's runtime).
+    pub runner: Option<std::sync::Arc<dyn super::run::Runner>>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
@@ -48,7 +50,12 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
         .route("/v1/config", get(config::<S>).post(apply::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), to_leader::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
-    Router::new().route("/v1/health", get(health::<S>)).merge(authed).with_state(state)
+    // NB: a run writes nothing: any node places it, and it streams, so it is not forwarded
+    // to the leader as a write is.
+    let runs = Router::new()
+        .route("/v1/run/{stack}/{job}", post(super::run::run::<S>))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
+    Router::new().route("/v1/health", get(health::<S>)).merge(authed).merge(runs).with_state(state)
 }
 
 /// An error answer: a status and a message for a person.

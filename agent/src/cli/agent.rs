@@ -102,6 +102,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         node: cfg.node.clone(),
         leading: leading.clone(),
         http: reqwest::Client::new(),
+        runner: Some(Arc::new(runtime.clone())),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await
