@@ -225,13 +225,18 @@ pub async fn run<S: Store>(
         stack: stack.clone(),
         job: job.name.clone(),
         index: 0,
-        image: job.image.clone(),
+        image: job.image.clone().or_else(|| {
+            job.build_hash
+                .as_deref()
+                .map(|h| crate::deploy::context::image_tag(&stack, &job.name, h))
+        }),
         command: job.command.clone(),
         env,
         ports: Vec::new(),
         volumes: job.volumes.clone(),
         daemonize: false,
         address: None,
+        build: job.build_hash.clone(),
     };
     tokio::spawn(async move {
         match upgrade.await {

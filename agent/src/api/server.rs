@@ -210,9 +210,22 @@ async fn deploy<S: Store>(
     State(st): State<Shared<S>>,
     Json(req): Json<DeployRequest>,
 ) -> Result<Response, ApiError> {
-    let stack = Stack::from_text(std::path::Path::new(&req.file), &req.text, &req.name)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let plan = st.deployer.deploy(&stack, req.dry_run).await?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let mut stack = Stack::from_text(std::path::Path::new(&req.file), &req.text, &req.name)
+        .map_err(|e| bad(e.to_string()))?;
+    // Each `build:` context: decoded, named by its hash, the hash kept in the job's record.
+    let mut contexts = crate::deploy::planner::Contexts::new();
+    for pj in stack.jobs.iter_mut().filter(|pj| pj.job.build.is_some()) {
+        let Some(b64) = req.contexts.get(&pj.job.name) else { continue };
+        use base64::Engine as _;
+        let tar = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| {
+            bad(format!("{}: {}.build: the context is not base64: {e}", req.file, pj.job.name))
+        })?;
+        let hash = crate::deploy::context::hash(&tar);
+        pj.job.build_hash = Some(hash.clone());
+        contexts.insert(hash, tar);
+    }
+    let plan = st.deployer.deploy(&stack, &contexts, req.dry_run).await?;
     Ok(Json(plan).into_response())
 }
 

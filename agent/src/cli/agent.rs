@@ -80,6 +80,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let info = HostInfo {
         tags: cfg.tags.clone(),
         api: Some(advertised.to_string()),
+        runtime: Some(match cfg.runtime {
+            RuntimeKind::Docker => "docker".into(),
+            RuntimeKind::Exec => "exec".into(),
+        }),
         load: membership::loadavg().unwrap_or(0),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -42,6 +42,10 @@ pub struct HostInfo {
     /// Where its API answers (`HOST:PORT`): where `viking run` streams a job placed on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
+    /// How it runs instances: `docker` or `exec` (jobs with only an image or a `build:`
+    /// need docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 impl HostInfo {
@@ -56,6 +60,7 @@ impl HostInfo {
             started: 0,
             load: 0,
             api: None,
+            runtime: None,
         }
     }
 }

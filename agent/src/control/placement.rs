@@ -122,13 +122,19 @@ fn intent(
             stack: stack.to_owned(),
             job: job.name.clone(),
             index,
-            image: job.image.clone(),
+            // NB: compose's `build:` with `image:` tags the build so; without, a tag of its own.
+            image: job.image.clone().or_else(|| {
+                job.build_hash
+                    .as_deref()
+                    .map(|h| crate::deploy::context::image_tag(stack, &job.name, h))
+            }),
             command: job.command.clone(),
             env,
             ports: job.ports.clone(),
             volumes: job.volumes.clone(),
             daemonize: job.daemonize,
             address,
+            build: job.build_hash.clone(),
         },
         after,
         fixed: job.fixed,

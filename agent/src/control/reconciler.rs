@@ -578,6 +578,7 @@ mod tests {
                 volumes: vec![],
                 daemonize,
                 address: None,
+                build: None,
             },
             after: after
                 .iter()

@@ -55,6 +55,10 @@ pub struct InstanceSpec {
     /// The address the instance gets on this host, when the runtime gives it one (exec: from
     /// the stack's subnet).
     pub address: Option<IpAddr>,
+    /// The hash of the `build:` context `image` is built from (`deploy::context`): the docker
+    /// runtime builds it where it is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 impl InstanceSpec {
