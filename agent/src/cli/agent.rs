@@ -14,7 +14,7 @@ use viking::{
     control::{self, placement::Placer, reconciler::Reconciler},
     datapath::{Algo, Datapath, DatapathConfig},
     deploy::Deployer,
-    discovery,
+    discovery, metrics,
     runtime::{docker::DockerRuntime, exec::ExecRuntime, AnyRuntime, RuntimeConfig, RuntimeKind},
     store::{self, EtcdOptions, Store, StoreSpec},
 };
@@ -42,6 +42,12 @@ pub struct AgentConfig {
     pub drain: bool,
     /// The host's network namespace, when the agent runs outside it.
     pub host_netns: Option<PathBuf>,
+    /// The API's TLS certificate and key (`--api-cert`, `--api-key`).
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// The CA other agents' API certificates are verified with (forwarding to the leader).
+    pub api_ca: Option<PathBuf>,
+    /// Serve the API without TLS on a non-loopback address.
+    pub api_insecure: bool,
 }
 
 fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
@@ -65,12 +71,25 @@ fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    // Bad TLS files or a cleartext API on the network are refused before anything starts.
+    let tls = match &cfg.api_tls {
+        Some((cert, key)) => Some(api::tls::server_config(cert, key)?),
+        None => {
+            api::tls::check_cleartext(cfg.api, cfg.api_insecure)?;
+            None
+        }
+    };
+    let forward = api::tls::client(cfg.api_ca.as_deref())?;
     let mut datapath = Datapath::start(&cfg.datapath)
         .with_context(|| format!("starting the datapath of node {}", cfg.node))?;
     datapath.spawn_log();
+    if let Err(e) = metrics::global().datapath.attach(&cfg.datapath.bpffs) {
+        tracing::error!(error = %e, "reading the pinned maps for /metrics and /v1/status");
+    }
     let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
+    let store = metrics::Measured::new(store);
     let info = HostInfo {
         name: cfg.node.clone(),
         address: cfg.address,
@@ -86,8 +105,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
-    let leading =
-        elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: cfg.api.to_string() });
+    // NB: a wildcard bind is reached on the host's address.
+    let advertised = if cfg.api.ip().is_unspecified() {
+        std::net::SocketAddr::new(cfg.address, cfg.api.port())
+    } else {
+        cfg.api
+    };
+    let me = LeaderInfo { node: cfg.node.clone(), api: advertised.to_string(), tls: tls.is_some() };
+    let leading = elect(store.clone(), me);
 
     let runtime = open_runtime(&cfg)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
@@ -97,14 +122,24 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         token,
         node: cfg.node.clone(),
         leading: leading.clone(),
-        http: reqwest::Client::new(),
+        http: forward,
+        local: Arc::new(api::status::Local {
+            address: cfg.address,
+            api: advertised.to_string(),
+            tls: tls.is_some(),
+            started: std::time::Instant::now(),
+        }),
     });
-    let listener = tokio::net::TcpListener::bind(cfg.api)
-        .await
+    let listener = std::net::TcpListener::bind(cfg.api)
         .with_context(|| format!("binding the API to {}", cfg.api))?;
-    let server =
-        tokio::spawn(async move { axum::serve(listener, api::server::router(state)).await });
-    tracing::info!(node = %cfg.node, api = %cfg.api, store = %store.describe(), "agent running");
+    let server = tokio::spawn(api::serve::serve(listener, api::server::router(state), tls));
+    tracing::info!(
+        node = %cfg.node,
+        api = %cfg.api,
+        tls = cfg.api_tls.is_some(),
+        store = %store.describe(),
+        "agent running"
+    );
 
     let (stop_tx, stop) = watch::channel(false);
     let (containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
@@ -167,8 +202,10 @@ fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
             match cluster::campaign(&store, &value, cluster::leader::DEFAULT_TTL).await {
                 Ok(leadership) => {
                     let _ = tx.send(true);
+                    metrics::global().control.leader(true);
                     leadership.lost().await;
                     let _ = tx.send(false);
+                    metrics::global().control.leader(false);
                     tracing::warn!(node = %me.node, "no longer leading");
                 }
                 Err(e) => {

@@ -313,7 +313,9 @@ pub async fn run<S: Store>(
                     }
                 };
             }
-            if let Err(e) = placer.place().await {
+            let placed = placer.place().await;
+            crate::metrics::global().control.placed(started.into_std(), placed.is_ok());
+            if let Err(e) = placed {
                 tracing::warn!(error = %e, "placement pass failed");
             }
         } else {
