@@ -16,6 +16,21 @@ use viking_common::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_SERVICES};
 
 use crate::datapath::{maps_dir, Datapath, DatapathError, ServiceStatus, ServiceTable};
 
+/// The families this collector writes (with the registry's `viking_` prefix), for whoever
+/// checks names against them (the Grafana dashboard's test).
+pub const FAMILIES: [&str; 10] = [
+    "viking_datapath_program_attached",
+    "viking_datapath_read_ok",
+    "viking_datapath_map_entries",
+    "viking_datapath_map_capacity",
+    "viking_service_connections_total",
+    "viking_service_refused_connections_total",
+    "viking_service_dropped_datagrams_total",
+    "viking_service_backends",
+    "viking_backend_connections_total",
+    "viking_backend_active_connections",
+];
+
 /// Programs the agent attaches (their links pinned under `<bpffs>/links/`).
 pub const PROGRAMS: usize = 9;
 
@@ -103,7 +118,7 @@ impl Collector for DatapathView {
         let Some(programs) = self.programs() else { return Ok(()) };
         let mut e = encoder.encode_descriptor(
             "datapath_program_attached",
-            "1 while the program's link is pinned (attached to the agent's cgroup)",
+            "1 while the program's link is pinned (attached to the agent's cgroup).",
             None,
             MetricType::Gauge,
         )?;
@@ -116,7 +131,7 @@ impl Collector for DatapathView {
         };
         let mut e = encoder.encode_descriptor(
             "datapath_read_ok",
-            "1 when this scrape could read the service table from the pinned maps",
+            "1 when this scrape could read the service table from the pinned maps.",
             None,
             MetricType::Gauge,
         )?;
@@ -132,7 +147,7 @@ impl Collector for DatapathView {
         let occupancy = occupancy(&services);
         let mut e = encoder.encode_descriptor(
             "datapath_map_entries",
-            "Entries in use in the datapath's maps",
+            "Entries in use in the datapath's maps.",
             None,
             MetricType::Gauge,
         )?;
@@ -141,7 +156,7 @@ impl Collector for DatapathView {
         }
         let mut e = encoder.encode_descriptor(
             "datapath_map_capacity",
-            "Entries the datapath's maps can hold (the limits)",
+            "Entries the datapath's maps can hold (the limits).",
             None,
             MetricType::Gauge,
         )?;
@@ -151,15 +166,15 @@ impl Collector for DatapathView {
 
         let labels: Vec<_> = services.iter().map(service_labels).collect();
         let per_service: [(&str, &str, Counted); 3] = [
-            ("service_connections", "Connections the datapath sent to a backend", |s| s.conns),
+            ("service_connections", "Connections the datapath sent to a backend.", |s| s.conns),
             (
                 "service_refused_connections",
-                "Connects refused because the service had no backend",
+                "Connects refused because the service had no backend.",
                 |s| s.rejects,
             ),
             (
                 "service_dropped_datagrams",
-                "Unconnected UDP datagrams dropped because the service had no backend",
+                "Unconnected UDP datagrams dropped because the service had no backend.",
                 |s| s.drops,
             ),
         ];
@@ -171,7 +186,7 @@ impl Collector for DatapathView {
         }
         let mut e = encoder.encode_descriptor(
             "service_backends",
-            "Backends the service has",
+            "Backends the service has.",
             None,
             MetricType::Gauge,
         )?;
@@ -189,7 +204,7 @@ impl Collector for DatapathView {
         }
         let mut e = encoder.encode_descriptor(
             "backend_connections",
-            "Connections the datapath sent to this backend",
+            "Connections the datapath sent to this backend.",
             None,
             MetricType::Counter,
         )?;
@@ -198,7 +213,7 @@ impl Collector for DatapathView {
         }
         let mut e = encoder.encode_descriptor(
             "backend_active_connections",
-            "Established TCP connections to this backend not yet closed",
+            "Established TCP connections to this backend not yet closed.",
             None,
             MetricType::Gauge,
         )?;

@@ -20,7 +20,7 @@ pub struct DiscoveryMetrics {
     errors: Counter,
     last_sync: Gauge<f64, AtomicU64>,
     synced: Gauge,
-    /// The last lag observed, in microseconds (for `viking status`).
+    /// The last lag observed, in microseconds plus one (for `viking status`).
     last_lag_us: Arc<AtomicU64>,
     first_done: Arc<AtomicBool>,
 }
@@ -78,7 +78,7 @@ impl DiscoveryMetrics {
         }
         if let Some(lag) = lag {
             self.lag.observe(lag.as_secs_f64());
-            self.last_lag_us.store(lag.as_micros() as u64, Ordering::Relaxed);
+            self.last_lag_us.store(lag.as_micros() as u64 + 1, Ordering::Relaxed);
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         self.last_sync.set(now);

@@ -24,7 +24,9 @@ use prometheus_client::{
 };
 
 pub use control::ControlMetrics;
-pub use datapath::{occupancy as datapath_occupancy, DatapathView, PROGRAMS};
+pub use datapath::{
+    occupancy as datapath_occupancy, DatapathView, FAMILIES as DATAPATH_FAMILIES, PROGRAMS,
+};
 pub use discovery::DiscoveryMetrics;
 pub use store::{Measured, StoreMetrics};
 
