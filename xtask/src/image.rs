@@ -105,13 +105,15 @@ pub fn rootfs_tar(busybox: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(tar.finish())
 }
 
+/// The directories of the busybox rootfs (and /tmp).
+const ROOT_DIRS: [&str; 11] =
+    ["bin", "etc", "usr", "usr/bin", "root", "data", "proc", "sys", "dev", "var", "var/www"];
+
 fn busybox_rootfs(tar: &mut Tar, busybox: &Path) -> anyhow::Result<()> {
     let bin = std::fs::read(busybox).with_context(|| {
         format!("reading {} (apt-get install busybox-static)", busybox.display())
     })?;
-    for d in
-        ["bin", "etc", "usr", "usr/bin", "root", "data", "proc", "sys", "dev", "var", "var/www"]
-    {
+    for d in ROOT_DIRS {
         tar.dir(d, 0o755)?;
     }
     tar.dir("tmp", 0o1777)?;
@@ -178,7 +180,7 @@ pub fn agent_rootfs_tar(viking: &Path, busybox: &Path) -> anyhow::Result<Vec<u8>
     let bin = std::fs::read(viking).with_context(|| format!("reading {}", viking.display()))?;
     tar.file("usr/bin/viking", 0o755, &bin)?;
     let mut dirs: std::collections::BTreeSet<String> =
-        ["usr", "usr/bin", "var", "etc", "bin", "tmp"].iter().map(|d| d.to_string()).collect();
+        ROOT_DIRS.iter().chain(&["tmp"]).map(|d| d.to_string()).collect();
     let mut dir = |tar: &mut Tar, path: &str| -> anyhow::Result<()> {
         let mut at = String::new();
         for part in path.split('/').filter(|p| !p.is_empty()) {
@@ -256,10 +258,12 @@ fn docker_import(
     }
     cmd.args(["-", tag]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().context("running docker (apt-get install docker.io)")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(tar).context("writing the rootfs to docker import")?;
-    }
+    // NB: a refused import closes its stdin early; its own words say why.
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(tar));
     let out = child.wait_with_output().context("waiting for docker import")?;
+    if let (Some(Err(e)), true) = (written, out.status.success()) {
+        bail!("writing the rootfs to docker import: {e}");
+    }
     if !out.status.success() {
         bail!(
             "docker import {tag} failed ({}): {} (is dockerd running?)",

@@ -112,41 +112,30 @@ impl AgentContainer {
         let data = format!("{}:/var/lib/viking", self.data.path.display());
         let cgroup = self.cgroup.cgroup.path.display().to_string();
         let bpffs = format!("/sys/fs/bpf/{}", self.node);
-        let id = self.d.cli(&[
-            "run",
-            "-d",
-            "--name",
-            &self.name,
-            "--privileged",
-            "--network",
-            "host",
-            "--pid",
-            "host",
-            "--cgroupns",
-            "host",
-            "-v",
-            "/sys/fs/cgroup:/sys/fs/cgroup",
-            "--mount",
-            &bpf,
-            "-v",
-            &sock,
-            "-v",
-            &data,
-            "-e",
-            "RUST_LOG=info",
-            &self.image,
-            "agent",
-            "--node",
-            &self.node,
-            "--api",
-            &self.api,
-            "--address",
-            ADDRESS,
-            "--cgroup",
-            &cgroup,
-            "--bpffs",
-            &bpffs,
-        ]);
+        let mut args = vec!["run", "-d", "--name", &self.name];
+        // NB: `--privileged` grants every capability; where this machine's bounding set lacks
+        // some (a sandboxed CI machine lacks CAP_SYS_RESOURCE), runc refuses to start such a
+        // container. Then the container gets what --privileged would give but those: every
+        // capability this machine has, no seccomp or AppArmor profile, /proc unmasked.
+        let missing = missing_capabilities();
+        if missing.is_empty() {
+            args.push("--privileged");
+        } else {
+            println!("bounding set lacks {missing:?}: privileged but for those");
+            args.extend(["--cap-add", "ALL"]);
+            for cap in &missing {
+                args.extend(["--cap-drop", cap]);
+            }
+            args.extend(["--security-opt", "seccomp=unconfined"]);
+            args.extend(["--security-opt", "apparmor=unconfined"]);
+            args.extend(["--security-opt", "systempaths=unconfined"]);
+        }
+        args.extend(["--network", "host", "--pid", "host", "--cgroupns", "host"]);
+        args.extend(["-v", "/sys/fs/cgroup:/sys/fs/cgroup", "--mount", &bpf]);
+        args.extend(["-v", &sock, "-v", &data, "-e", "RUST_LOG=info", &self.image, "agent"]);
+        args.extend(["--node", &self.node, "--api", &self.api, "--address", ADDRESS]);
+        args.extend(["--cgroup", &cgroup, "--bpffs", &bpffs]);
+        let id = self.d.cli(&args);
         assert!(!id.is_empty());
     }
 
@@ -233,6 +222,57 @@ impl AgentContainer {
     pub fn container_id(&self, name: &str) -> String {
         self.d.cli(&["inspect", "-f", "{{.Id}}", name])
     }
+}
+
+/// Capabilities docker gives a privileged container that this process's bounding set lacks.
+fn missing_capabilities() -> Vec<&'static str> {
+    const CAPS: [&str; 41] = [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bnd = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim();
+    let bnd = u64::from_str_radix(bnd, 16).unwrap();
+    CAPS.iter().enumerate().filter(|(i, _)| bnd >> i & 1 == 0).map(|(_, c)| *c).collect()
 }
 
 /// A stack of a server (busybox httpd serving GREETING and a 64 MiB file) and a client
