@@ -79,6 +79,14 @@ async fn agent_image_runs_privileged_attaches_serves_and_programs() {
     assert_eq!(s["instances"]["running"], 2, "{s}");
     assert_eq!(s["datapath"]["services"], 1, "{s}");
     assert_eq!(s["sync"]["synced"], true, "{s}");
+
+    // A rollout that cannot succeed (an image nobody has, and nothing is pulled): --wait
+    // says which instance failed and exits 1.
+    let bad =
+        "broken:\n  type: job\n  image: viking/absent:1\n  command: true\n  daemonize: true\n";
+    let out = tokio::task::block_in_place(|| c.deploy_wait("bad", bad));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("bad/broken #0 on"), "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
