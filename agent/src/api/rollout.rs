@@ -193,6 +193,7 @@ mod tests {
             address: None,
             ports: Vec::new(),
             restarts: 0,
+            handle: String::new(),
         }
     }
 

@@ -16,7 +16,7 @@ use viking::{
     deploy::Deployer,
     discovery, metrics,
     runtime::{docker::DockerRuntime, exec::ExecRuntime, AnyRuntime, RuntimeConfig, RuntimeKind},
-    store::{self, EtcdOptions, Store, StoreSpec},
+    store::{self, EtcdOptions, LeaderKey, Store, StoreSpec},
 };
 
 pub struct AgentConfig {
@@ -90,29 +90,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
     let store = metrics::Measured::new(store);
-    let info = HostInfo {
-        name: cfg.node.clone(),
-        address: cfg.address,
-        tags: cfg.tags.clone(),
-        capacity: Default::default(),
-        overlay_subnet: None,
-        load: membership::loadavg().unwrap_or(0),
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
-    let member = cluster::membership::join(&store, info.clone(), membership::DEFAULT_TTL)
-        .await
-        .with_context(|| format!("joining the cluster as {}", cfg.node))?;
-    let token = api::token::ensure(&store, &cfg.token_file).await?;
-    // NB: a wildcard bind is reached on the host's address.
+    // NB: an API bound to every address is reached on this host's address.
     let advertised = if cfg.api.ip().is_unspecified() {
         std::net::SocketAddr::new(cfg.address, cfg.api.port())
     } else {
         cfg.api
     };
+    let info = HostInfo {
+        tags: cfg.tags.clone(),
+        api: Some(advertised.to_string()),
+        load: membership::loadavg().unwrap_or(0),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ..HostInfo::new(cfg.node.clone(), cfg.address)
+    };
+    let member = cluster::membership::join(&store, info.clone(), membership::DEFAULT_TTL)
+        .await
+        .with_context(|| format!("joining the cluster as {}", cfg.node))?;
+    let token = api::token::ensure(&store, &cfg.token_file).await?;
     let me = LeaderInfo { node: cfg.node.clone(), api: advertised.to_string(), tls: tls.is_some() };
-    let leading = elect(store.clone(), me);
+    let (leading, leader_key) = elect(store.clone(), me);
 
     let runtime = open_runtime(&cfg)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
@@ -147,6 +145,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         store.clone(),
         deployer,
         Addresses::new(store.clone(), cluster::addresses::default_pool()),
+        leader_key,
     );
     tokio::spawn(membership::report_load(store.clone(), info, member.lease_watch(), stop.clone()));
     let placement = tokio::spawn(control::placement::run(placer, leading.clone(), stop.clone()));
@@ -156,7 +155,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cfg.node.clone(),
         member.lease_watch(),
         containers_tx,
-    );
+    )
+    .keep_completed_in(cfg.data_dir.join("completed.json"));
     reconciler.host_routes = matches!(runtime, AnyRuntime::Exec(_));
     reconciler.host_netns = cfg.host_netns.clone();
     let reconcile = tokio::spawn(reconciler.run(stop.clone(), cfg.drain));
@@ -165,7 +165,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         datapath,
         cfg.ambassador,
         DEFAULT_PORT_RANGE,
-        Algo::Random,
+        Algo::default(),
         containers,
         stop,
     ));
@@ -192,19 +192,25 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Campaigns for leadership for as long as the agent runs; the receiver says whether this
-/// node leads right now.
-fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
+/// Campaigns for leadership for as long as the agent runs; the receivers say whether this
+/// node leads right now, and with which leader key (what its writes are fenced by).
+fn elect<S: Store>(
+    store: S,
+    me: LeaderInfo,
+) -> (watch::Receiver<bool>, watch::Receiver<Option<LeaderKey>>) {
     let (tx, rx) = watch::channel(false);
+    let (key_tx, key_rx) = watch::channel(None);
     let value = serde_json::to_string(&me).unwrap_or_default();
     tokio::spawn(async move {
         loop {
             match cluster::campaign(&store, &value, cluster::leader::DEFAULT_TTL).await {
                 Ok(leadership) => {
+                    let _ = key_tx.send(Some(leadership.key().clone()));
                     let _ = tx.send(true);
                     metrics::global().control.leader(true);
                     leadership.lost().await;
                     let _ = tx.send(false);
+                    let _ = key_tx.send(None);
                     metrics::global().control.leader(false);
                     tracing::warn!(node = %me.node, "no longer leading");
                 }
@@ -215,7 +221,7 @@ fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
             }
         }
     });
-    rx
+    (rx, key_rx)
 }
 
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<()> {

@@ -135,13 +135,8 @@ mod tests {
 
     fn host(name: &str, tags: &[&str]) -> HostInfo {
         HostInfo {
-            name: name.into(),
-            address: "127.0.0.1".parse().unwrap(),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-            capacity: Default::default(),
-            overlay_subnet: None,
-            started: 0,
-            load: 0,
+            ..HostInfo::new(name, "127.0.0.1".parse().unwrap())
         }
     }
 
