@@ -1,6 +1,7 @@
 //! `/metrics` and `/v1/ready` of a real agent on a real etcd: readiness stays false while the
 //! store's view cannot be programmed (one service with more registrations than a service may
-//! have backends) and turns true after the first sync; connections and refusals through the
+//! have backends) and turns true after the first sync (a second agent, started once the
+//! registrations are there; the first leads and keeps the deployed stack's ports); connections and refusals through the
 //! datapath move the per-service and per-backend counters; the text parses with Prometheus'
 //! own parser and passes its linter (`promtool check metrics`, Debian's prometheus package).
 //!
@@ -15,11 +16,18 @@ use std::{
 };
 
 use serde_json::Value;
-use viking::store::{EtcdOptions, EtcdStore, Op, Store as _, Txn};
+use viking::{
+    api::DeployRequest,
+    stack::plan::Plan,
+    store::{EtcdOptions, EtcdStore, Op, Store as _, Txn},
+};
 use viking_tests::{agent::AgentProc, etcd::Etcd, probe::Conn, probe_bin};
 
-const ALLOC_WEB: &str = "/viking/alloc/ports/m_web/80";
-const ALLOC_EMPTY: &str = "/viking/alloc/ports/m_empty/80";
+/// Jobs that never run (no host has their tag): their ports are allocated, their
+/// registrations are the test's.
+const STACK: &str = "web:\n  type: job\n  command: sleep 1000\n  ports:\n    - 80\n  tags:\n    - nowhere\n\
+empty:\n  type: job\n  command: sleep 1000\n  ports:\n    - 80\n  tags:\n    - nowhere\n\
+client:\n  type: job\n  command: sleep 1000\n  tags:\n    - nowhere\n  link:\n    - web\n    - empty\n";
 
 fn registration(i: u32, port: u16) -> (String, String) {
     (
@@ -101,10 +109,19 @@ async fn metrics_move_with_traffic_parse_and_ready_waits_for_the_first_sync() {
         }
     });
 
-    // Before the agent: two allocated ambassador ports; one service with 1025 registrations
-    // (a service may have 1024 backends), the other with none.
-    store.put(ALLOC_WEB, b"20500".to_vec(), None).await.unwrap();
-    store.put(ALLOC_EMPTY, b"20501".to_vec(), None).await.unwrap();
+    // A leader, and a stack whose two ports are allocated: 1025 registrations for one (a
+    // service may have 1024 backends), none for the other.
+    let leader = AgentProc::start(Some(&etcd.spec())).await;
+    let req = DeployRequest {
+        name: "m".into(),
+        file: "m.yml".into(),
+        text: STACK.into(),
+        dry_run: false,
+    };
+    let plan: Plan = leader.client().post("/v1/deploy", &req).await.unwrap().unwrap();
+    let port_of =
+        |service: &str| plan.ports.iter().find(|p| p.service == service).unwrap().ambassador_port;
+    let (web_port, empty_port) = (port_of("m_web"), port_of("m_empty"));
     let regs: Vec<(String, String)> =
         (0..1025).map(|i| registration(i, 30000 + i as u16)).collect();
     for chunk in regs.chunks(100) {
@@ -124,7 +141,7 @@ async fn metrics_move_with_traffic_parse_and_ready_waits_for_the_first_sync() {
         assert!(t.elapsed() < Duration::from_secs(20), "no failed pass: {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(value(&text, "viking_discovery_synced"), 0.0, "{text}");
+    assert_eq!(value(&text, "viking_discovery_synced"), 0.0, "{text}\n{}", agent.log());
     let (code, body) = ready(&agent).await;
     assert_eq!(code, 503, "{body}");
     let checks = body["checks"].as_array().unwrap();
@@ -139,7 +156,7 @@ async fn metrics_move_with_traffic_parse_and_ready_waits_for_the_first_sync() {
     store.delete_prefix("/services/m/").await.unwrap();
     let keep = registration(0, backend_port);
     store.put(&keep.0, keep.1.into_bytes(), None).await.unwrap();
-    let web = r#"service="m_web:80",frontend="127.0.0.1:20500",proto="tcp""#;
+    let web = format!(r#"service="m_web:80",frontend="127.0.0.1:{web_port}",proto="tcp""#);
     let backends = format!("viking_service_backends{{{web}}}");
     loop {
         let (code, body) = ready(&agent).await;
@@ -152,7 +169,7 @@ async fn metrics_move_with_traffic_parse_and_ready_waits_for_the_first_sync() {
     }
     println!("ready {:.1?} after the store's view became programmable", t.elapsed());
 
-    let empty = r#"service="m_empty:80",frontend="127.0.0.1:20501",proto="tcp""#;
+    let empty = format!(r#"service="m_empty:80",frontend="127.0.0.1:{empty_port}",proto="tcp""#);
     let be = format!(r#"{web},backend="127.0.0.1:{backend_port}""#);
     let before = scrape(&agent).await;
     let conns = |t: &str| value(t, &format!("viking_service_connections_total{{{web}}}"));
@@ -162,10 +179,14 @@ async fn metrics_move_with_traffic_parse_and_ready_waits_for_the_first_sync() {
     assert_eq!(value(&before, &format!("viking_service_backends{{{web}}}")), 1.0, "{before}");
     assert_eq!(value(&before, &format!("viking_service_backends{{{empty}}}")), 0.0);
 
-    let ok = tokio::task::block_in_place(|| probe(&agent, &["tcp", "127.0.0.1:20500", "5"]));
+    let ok = tokio::task::block_in_place(|| {
+        probe(&agent, &["tcp", &format!("127.0.0.1:{web_port}"), "5"])
+    });
     assert_eq!(ok.len(), 5);
     assert!(ok.iter().all(|c| c.backend() == Some("mb")), "{ok:?}");
-    let no = tokio::task::block_in_place(|| probe(&agent, &["tcp", "127.0.0.1:20501", "3"]));
+    let no = tokio::task::block_in_place(|| {
+        probe(&agent, &["tcp", &format!("127.0.0.1:{empty_port}"), "3"])
+    });
     assert!(no.iter().all(|c| c.errno == Some(libc::ECONNREFUSED)), "{no:?}");
 
     let after = scrape(&agent).await;
@@ -176,7 +197,7 @@ async fn metrics_move_with_traffic_parse_and_ready_waits_for_the_first_sync() {
     assert_eq!(value(&after, r#"viking_datapath_program_attached{program="connect4"}"#), 1.0);
     assert!(value(&after, "viking_discovery_lag_seconds_count") >= 1.0, "{after}");
     assert_eq!(value(&after, "viking_discovery_synced"), 1.0);
-    assert_eq!(value(&after, "viking_leader"), 1.0);
+    assert_eq!(value(&after, "viking_leader"), 0.0, "the first agent leads");
     assert!(value(&after, r#"viking_store_request_duration_seconds_count{op="list"}"#) >= 1.0);
 
     let (parsed, said) = promtool(&after);
