@@ -256,9 +256,11 @@ async fn relay<S: Store>(
     headers: &axum::http::HeaderMap,
 ) -> Result<reqwest::Upgraded, ApiError> {
     let unavailable = |m: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, m);
+    // NB: agents of one cluster all serve TLS or none do.
+    let scheme = if st.local.tls { "https" } else { "http" };
     let mut out = st
         .http
-        .post(format!("http://{api}{path}"))
+        .post(format!("{scheme}://{api}{path}"))
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, PROTOCOL)
         .header(PLACED_ON, host);

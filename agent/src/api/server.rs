@@ -32,9 +32,12 @@ pub struct ApiState<S: Store> {
     pub node: String,
     /// Whether this node leads now (from its election task).
     pub leading: watch::Receiver<bool>,
+    /// Forwards writes to the leader (trusting `--api-ca` when the leader speaks TLS).
     pub http: reqwest::Client,
     /// What runs `viking run` jobs placed on this host (the agent's runtime).
     pub runner: Option<std::sync::Arc<dyn super::run::Runner>>,
+    /// This agent's address, API and start, for `/v1/status`.
+    pub local: Arc<super::status::Local>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
@@ -48,6 +51,8 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
         .route("/v1/jobs/{stack}/{job}", get(job::<S>))
         .route("/v1/ps", get(ps::<S>))
         .route("/v1/config", get(config::<S>).post(apply::<S>))
+        .route("/v1/status", get(super::status::status::<S>))
+        .route("/v1/rollout/{stack}", get(super::rollout::rollout::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), to_leader::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
     // NB: a run writes nothing: any node places it, and it streams, so it is not forwarded
@@ -55,7 +60,13 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
     let runs = Router::new()
         .route("/v1/run/{stack}/{job}", post(super::run::run::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
-    Router::new().route("/v1/health", get(health::<S>)).merge(authed).merge(runs).with_state(state)
+    Router::new()
+        .route("/v1/health", get(health::<S>))
+        .route("/v1/ready", get(super::health::ready::<S>))
+        .route("/metrics", get(super::health::metrics))
+        .merge(authed)
+        .merge(runs)
+        .with_state(state)
 }
 
 /// An error answer: a status and a message for a person.
@@ -171,7 +182,7 @@ async fn forward<S: Store>(
         .await
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("http://{}{path}", info.api);
+    let url = format!("{}{path}", info.url());
     tracing::debug!(leader = %info.node, %url, "forwarding a write to the leader");
     let mut out = st
         .http

@@ -14,7 +14,7 @@ use viking::{
     control::{self, placement::Placer, reconciler::Reconciler},
     datapath::{Algo, Datapath, DatapathConfig},
     deploy::Deployer,
-    discovery,
+    discovery, metrics,
     runtime::{docker::DockerRuntime, exec::ExecRuntime, AnyRuntime, RuntimeConfig, RuntimeKind},
     store::{self, EtcdOptions, LeaderKey, Store, StoreSpec},
 };
@@ -42,6 +42,12 @@ pub struct AgentConfig {
     pub drain: bool,
     /// The host's network namespace, when the agent runs outside it.
     pub host_netns: Option<PathBuf>,
+    /// The API's TLS certificate and key (`--api-cert`, `--api-key`).
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// The CA other agents' API certificates are verified with (forwarding to the leader).
+    pub api_ca: Option<PathBuf>,
+    /// Serve the API without TLS on a non-loopback address.
+    pub api_insecure: bool,
 }
 
 fn open_runtime<S: Store>(cfg: &AgentConfig, store: &S) -> anyhow::Result<AnyRuntime> {
@@ -67,12 +73,25 @@ fn open_runtime<S: Store>(cfg: &AgentConfig, store: &S) -> anyhow::Result<AnyRun
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    // Bad TLS files or a cleartext API on the network are refused before anything starts.
+    let tls = match &cfg.api_tls {
+        Some((cert, key)) => Some(api::tls::server_config(cert, key)?),
+        None => {
+            api::tls::check_cleartext(cfg.api, cfg.api_insecure)?;
+            None
+        }
+    };
+    let forward = api::tls::client(cfg.api_ca.as_deref())?;
     let mut datapath = Datapath::start(&cfg.datapath)
         .with_context(|| format!("starting the datapath of node {}", cfg.node))?;
     datapath.spawn_log();
+    if let Err(e) = metrics::global().datapath.attach(&cfg.datapath.bpffs) {
+        tracing::error!(error = %e, "reading the pinned maps for /metrics and /v1/status");
+    }
     let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
+    let store = metrics::Measured::new(store);
     // NB: an API bound to every address is reached on this host's address.
     let advertised = if cfg.api.ip().is_unspecified() {
         std::net::SocketAddr::new(cfg.address, cfg.api.port())
@@ -96,8 +115,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
-    let (leading, leader_key) =
-        elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: advertised.to_string() });
+    let me = LeaderInfo { node: cfg.node.clone(), api: advertised.to_string(), tls: tls.is_some() };
+    let (leading, leader_key) = elect(store.clone(), me);
 
     let runtime = open_runtime(&cfg, &store)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
@@ -107,15 +126,25 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         token,
         node: cfg.node.clone(),
         leading: leading.clone(),
-        http: reqwest::Client::new(),
+        http: forward,
+        local: Arc::new(api::status::Local {
+            address: cfg.address,
+            api: advertised.to_string(),
+            tls: tls.is_some(),
+            started: std::time::Instant::now(),
+        }),
         runner: Some(Arc::new(runtime.clone())),
     });
-    let listener = tokio::net::TcpListener::bind(cfg.api)
-        .await
+    let listener = std::net::TcpListener::bind(cfg.api)
         .with_context(|| format!("binding the API to {}", cfg.api))?;
-    let server =
-        tokio::spawn(async move { axum::serve(listener, api::server::router(state)).await });
-    tracing::info!(node = %cfg.node, api = %cfg.api, store = %store.describe(), "agent running");
+    let server = tokio::spawn(api::serve::serve(listener, api::server::router(state), tls));
+    tracing::info!(
+        node = %cfg.node,
+        api = %cfg.api,
+        tls = cfg.api_tls.is_some(),
+        store = %store.describe(),
+        "agent running"
+    );
 
     let (stop_tx, stop) = watch::channel(false);
     let (containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
@@ -185,9 +214,11 @@ fn elect<S: Store>(
                 Ok(leadership) => {
                     let _ = key_tx.send(Some(leadership.key().clone()));
                     let _ = tx.send(true);
+                    metrics::global().control.leader(true);
                     leadership.lost().await;
                     let _ = tx.send(false);
                     let _ = key_tx.send(None);
+                    metrics::global().control.leader(false);
                     tracing::warn!(node = %me.node, "no longer leading");
                 }
                 Err(e) => {

@@ -16,7 +16,7 @@ pub async fn deploy(
     name: Option<&str>,
     dry_run: bool,
     json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     // Parsed here first, so a bad file is reported before anything is sent.
     let stack = Stack::load(path, name)?;
     let file = if path.is_dir() {
@@ -51,10 +51,10 @@ pub async fn deploy(
     let plan: Plan = api.post("/v1/deploy", &req).await?.context("empty answer to deploy")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
-        return Ok(());
+    } else {
+        print!("{}", format_plan(&plan, dry_run));
     }
-    print!("{}", format_plan(&plan, dry_run));
-    Ok(())
+    Ok(stack.name)
 }
 
 pub fn format_plan(plan: &Plan, dry_run: bool) -> String {

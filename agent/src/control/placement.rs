@@ -453,7 +453,9 @@ pub async fn run<S: Store>(
             if let Err(e) = placer.deployer.adopt().await {
                 tracing::warn!(error = %e, "planning records added by hand failed");
             }
-            if let Err(e) = placer.place().await {
+            let placed = placer.place().await;
+            crate::metrics::global().control.placed(started.into_std(), placed.is_ok());
+            if let Err(e) = placed {
                 tracing::warn!(error = %e, "placement pass failed");
             }
         } else {

@@ -2,6 +2,7 @@
 //!
 //!   vk-bench datapath [--json FILE] [--quick]   the whole benchmark (viking_tests::bench)
 //!   vk-bench discovery [--json FILE] [--quick]  store change -> datapath (bench::discovery)
+//!   vk-bench agent [--json FILE] [--quick]      a real agent: memory, cold start (bench::agent)
 //!   vk-bench cps ADDR SECS THREADS               connection loop; prints one JSON line
 //!   vk-bench latency ADDR SAMPLES                connect() timings; prints one JSON line
 //!
@@ -14,6 +15,7 @@ use viking_tests::bench::{self, client};
 
 const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--quick]
        vk-bench discovery [--json FILE] [--quick]
+       vk-bench agent [--json FILE] [--quick]
        vk-bench cps ADDR SECS THREADS
        vk-bench latency ADDR SAMPLES";
 
@@ -32,7 +34,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         args.get(i).map(String::as_str).with_context(|| format!("missing {what}\n{USAGE}"))
     };
     match args.first().map(String::as_str) {
-        Some(which @ ("datapath" | "discovery")) => {
+        Some(which @ ("datapath" | "discovery" | "agent")) => {
             let mut opts = bench::Options::default();
             let mut rest = args[1..].iter();
             while let Some(a) = rest.next() {
@@ -44,10 +46,10 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                     other => bail!("unknown argument {other:?}\n{USAGE}"),
                 }
             }
-            if which == "datapath" {
-                bench::run(&opts)
-            } else {
-                bench::discovery::run(&opts)
+            match which {
+                "datapath" => bench::run(&opts),
+                "agent" => bench::agent::run(&opts),
+                _ => bench::discovery::run(&opts),
             }
         }
         Some("cps") => {
