@@ -1,5 +1,7 @@
-//! A real `viking agent` process for tests: its own cgroup, bpffs dir, API port and token file;
-//! killed by PID and cleaned up on Drop.
+//! A real `viking agent` process for tests: its own cgroup, bpffs dir, API port and token file,
+//! and a host network namespace of its own (unless the test gives `--host-netns`): its
+//! instances' veths, its VXLAN device and routes never touch the machine's network. Killed by
+//! PID and cleaned up on Drop.
 use std::{
     path::PathBuf,
     process::{Command, Stdio},
@@ -9,9 +11,12 @@ use std::{
 use viking::api::client::ApiClient;
 
 use crate::{
-    guards::{BpfDir, Cgroup, ChildGuard},
+    guards::{BpfDir, Cgroup, ChildGuard, NetNs},
     unique, viking_bin,
 };
+
+/// The address a test agent's own host namespace holds (on a dummy link): `--address`.
+pub const HOST_ADDRESS: &str = "10.254.0.2";
 
 /// A free loopback TCP port (bound, read, released).
 pub fn free_port() -> u16 {
@@ -32,6 +37,10 @@ pub struct AgentProc {
     pub store: String,
     /// More `viking agent` arguments (runtime, host netns, address).
     pub extra: Vec<String>,
+    /// The CA that signed the API's certificate, when the agent serves TLS.
+    pub ca: Option<PathBuf>,
+    /// The host namespace made for it (when the test gave none); goes last.
+    pub netns: Option<NetNs>,
 }
 
 impl AgentProc {
@@ -48,10 +57,28 @@ impl AgentProc {
 
     /// Starts an agent with more arguments.
     pub async fn start_with(store: Option<&str>, extra: &[String]) -> Self {
+        Self::start_tls(store, extra, None).await
+    }
+
+    /// Starts an agent whose API speaks TLS (`extra` has `--api-cert`/`--api-key`) with a
+    /// certificate signed by `ca`.
+    pub async fn start_tls(store: Option<&str>, extra: &[String], ca: Option<PathBuf>) -> Self {
         crate::require_root();
         let node = unique("node");
         let dir = std::env::temp_dir().join(unique("vk-agent-"));
         std::fs::create_dir_all(&dir).expect("agent dir");
+        let mut extra = extra.to_vec();
+        let netns = (!extra.iter().any(|a| a == "--host-netns")).then(|| {
+            let ns = NetNs::new("vka");
+            ns.ip(&["link", "add", "d0", "type", "dummy"]);
+            ns.ip(&["addr", "add", &format!("{HOST_ADDRESS}/24"), "dev", "d0"]);
+            ns.ip(&["link", "set", "d0", "up"]);
+            extra.extend(["--host-netns".into(), ns.path().display().to_string()]);
+            if !extra.iter().any(|a| a == "--address") {
+                extra.extend(["--address".into(), HOST_ADDRESS.into()]);
+            }
+            ns
+        });
         let mut a = Self {
             child: None,
             bpf: BpfDir::new(),
@@ -60,7 +87,9 @@ impl AgentProc {
             dir,
             node,
             store: String::new(),
-            extra: extra.to_vec(),
+            extra,
+            ca,
+            netns,
         };
         a.store = store
             .map_or_else(|| format!("embedded:{}", a.dir.join("store").display()), str::to_owned);
@@ -108,11 +137,23 @@ impl AgentProc {
         self.child = Some(ChildGuard::spawn(cmd));
     }
 
+    /// `http://API` or, with TLS, `https://API`.
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.api)
+    }
+
+    /// An HTTP client that trusts the API's CA (when it has one).
+    pub fn http(&self) -> reqwest::Client {
+        viking::api::tls::client(self.ca.as_deref()).expect("an HTTP client")
+    }
+
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let url = format!("http://{}/v1/health", self.api);
+        let url = self.url("/v1/health");
+        let http = self.http();
         while Instant::now() < deadline {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success())
+            if http.get(&url).send().await.is_ok_and(|r| r.status().is_success())
                 && self.token_file().exists()
             {
                 return;
@@ -124,8 +165,7 @@ impl AgentProc {
 
     /// Whether this agent leads now (its health answer says).
     pub async fn is_leader(&self) -> bool {
-        let url = format!("http://{}/v1/health", self.api);
-        match reqwest::get(&url).await {
+        match self.http().get(self.url("/v1/health")).send().await {
             Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|v| v["leader"] == true),
             Err(_) => false,
         }
@@ -133,11 +173,11 @@ impl AgentProc {
 
     pub fn client(&self) -> ApiClient {
         let token = std::fs::read_to_string(self.token_file()).expect("token file");
-        ApiClient::new(&self.api, token.trim().to_owned())
+        self.client_with(token.trim())
     }
 
     pub fn client_with(&self, token: &str) -> ApiClient {
-        ApiClient::new(&self.api, token.to_owned())
+        ApiClient::with_ca(&self.api, token.to_owned(), self.ca.as_deref()).expect("API client")
     }
 
     pub fn log(&self) -> String {

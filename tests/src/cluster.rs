@@ -161,6 +161,7 @@ impl Cluster {
             file: file.display().to_string(),
             text: text.into(),
             dry_run: false,
+            contexts: Default::default(),
         };
         let host = self.hosts.iter().find(|h| h.agent.child.is_some()).expect("a running agent");
         host.agent.client().post("/v1/deploy", &req).await.expect("deploy").expect("plan")

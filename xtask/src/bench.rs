@@ -1,4 +1,5 @@
-//! `cargo xtask bench datapath|discovery|overlay [--json FILE] [--quick]`: setup, build, then the
+//! `cargo xtask bench datapath|discovery|agent|overlay [--json FILE] [--quick]`: setup, build,
+//! then the
 //! benchmark binary (tests/src/bin/vk-bench.rs), as root. Results: docs/benchmarks.md.
 use std::{path::PathBuf, process::Command};
 
@@ -10,8 +11,8 @@ use crate::{
 };
 
 pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()> {
-    if !["datapath", "discovery", "overlay"].contains(&which) {
-        bail!("unknown benchmark {which:?} (there are: datapath, discovery, overlay)");
+    if !["datapath", "discovery", "agent", "overlay"].contains(&which) {
+        bail!("unknown benchmark {which:?} (there are: datapath, discovery, agent, overlay)");
     }
     if !is_root() {
         bail!(
@@ -28,20 +29,23 @@ pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()
     };
     setup::run()?;
     {
-        let _s = Step::new(1, 2, "build (release: the agent with its eBPF object, vk-bench)");
-        // NB: the overlay benchmark runs real agents: the viking binary too.
-        exec(Command::new("cargo").args([
-            "build",
-            "--release",
-            "-p",
-            "viking",
-            "-p",
-            "viking-tests",
-            "--bins",
-        ]))?;
+        let _s = Step::new(1, 2, "build (release: agent library with its eBPF object, vk-bench)");
+        exec(Command::new("cargo").args(["build", "--release", "-p", "viking-tests", "--bins"]))?;
+        if which == "agent" || which == "overlay" {
+            // The agent processes they measure.
+            exec(Command::new("cargo").args([
+                "build",
+                "--release",
+                "-p",
+                "viking",
+                "--bin",
+                "viking",
+            ]))?;
+        }
     }
     let _s = match which {
         "discovery" => Step::new(2, 2, "bench discovery (about a minute; --quick: seconds)"),
+        "agent" => Step::new(2, 2, "bench agent (under a minute)"),
         "overlay" => Step::new(2, 2, "bench overlay (about two minutes; --quick: under a minute)"),
         _ => Step::new(2, 2, "bench datapath (a few minutes; --quick: under a minute)"),
     };

@@ -17,7 +17,7 @@ use super::{ApiErrorBody, DeployRequest, JobFile, JobRun, LeaderInfo};
 use crate::{
     cluster::leader,
     deploy::{DeployError, Deployer, JobRecord},
-    stack::{plan::PlanError, Stack},
+    stack::Stack,
     store::Store,
 };
 
@@ -32,7 +32,12 @@ pub struct ApiState<S: Store> {
     pub node: String,
     /// Whether this node leads now (from its election task).
     pub leading: watch::Receiver<bool>,
+    /// Forwards writes to the leader (trusting `--api-ca` when the leader speaks TLS).
     pub http: reqwest::Client,
+    /// What runs `viking run` jobs placed on this host (the agent's runtime).
+    pub runner: Option<std::sync::Arc<dyn super::run::Runner>>,
+    /// This agent's address, API and start, for `/v1/status`.
+    pub local: Arc<super::status::Local>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
@@ -46,9 +51,22 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
         .route("/v1/jobs/{stack}/{job}", get(job::<S>))
         .route("/v1/ps", get(ps::<S>))
         .route("/v1/config", get(config::<S>).post(apply::<S>))
+        .route("/v1/status", get(super::status::status::<S>))
+        .route("/v1/rollout/{stack}", get(super::rollout::rollout::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), to_leader::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
-    Router::new().route("/v1/health", get(health::<S>)).merge(authed).with_state(state)
+    // NB: a run writes nothing: any node places it, and it streams, so it is not forwarded
+    // to the leader as a write is.
+    let runs = Router::new()
+        .route("/v1/run/{stack}/{job}", post(super::run::run::<S>))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
+    Router::new()
+        .route("/v1/health", get(health::<S>))
+        .route("/v1/ready", get(super::health::ready::<S>))
+        .route("/metrics", get(super::health::metrics))
+        .merge(authed)
+        .merge(runs)
+        .with_state(state)
 }
 
 /// An error answer: a status and a message for a person.
@@ -63,14 +81,19 @@ impl IntoResponse for ApiError {
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         let status = match &e {
-            DeployError::Stack(_) | DeployError::Plan(PlanError::Stack(_)) => {
-                StatusCode::BAD_REQUEST
-            }
+            DeployError::Stack(_) => StatusCode::BAD_REQUEST,
             DeployError::NotFound(_) => StatusCode::NOT_FOUND,
-            DeployError::Conflict(_) => StatusCode::CONFLICT,
-            DeployError::Control(crate::cluster::ClusterError::PortsExhausted { .. }) => {
+            DeployError::Conflict(_)
+            | DeployError::Dependents { .. }
+            | DeployError::NotPlanned(_) => StatusCode::CONFLICT,
+            DeployError::Cluster(crate::cluster::ClusterError::PortsExhausted { .. }) => {
                 StatusCode::INSUFFICIENT_STORAGE
             }
+            // NB: a retry cannot help a request over the store's limits.
+            DeployError::Store(crate::store::StoreError::Limit { .. })
+            | DeployError::Cluster(crate::cluster::ClusterError::Store(
+                crate::store::StoreError::Limit { .. },
+            )) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self(status, e.to_string())
@@ -159,7 +182,7 @@ async fn forward<S: Store>(
         .await
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("http://{}{path}", info.api);
+    let url = format!("{}{path}", info.url());
     tracing::debug!(leader = %info.node, %url, "forwarding a write to the leader");
     let mut out = st
         .http
@@ -198,9 +221,22 @@ async fn deploy<S: Store>(
     State(st): State<Shared<S>>,
     Json(req): Json<DeployRequest>,
 ) -> Result<Response, ApiError> {
-    let stack = Stack::from_text(std::path::Path::new(&req.file), &req.text, &req.name)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let plan = st.deployer.deploy(&stack, req.dry_run).await?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let mut stack = Stack::from_text(std::path::Path::new(&req.file), &req.text, &req.name)
+        .map_err(|e| bad(e.to_string()))?;
+    // Each `build:` context: decoded, named by its hash, the hash kept in the job's record.
+    let mut contexts = crate::deploy::planner::Contexts::new();
+    for pj in stack.jobs.iter_mut().filter(|pj| pj.job.build.is_some()) {
+        let Some(b64) = req.contexts.get(&pj.job.name) else { continue };
+        use base64::Engine as _;
+        let tar = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| {
+            bad(format!("{}: {}.build: the context is not base64: {e}", req.file, pj.job.name))
+        })?;
+        let hash = crate::deploy::context::hash(&tar);
+        pj.job.build_hash = Some(hash.clone());
+        contexts.insert(hash, tar);
+    }
+    let plan = st.deployer.deploy(&stack, &contexts, req.dry_run).await?;
     Ok(Json(plan).into_response())
 }
 
@@ -208,15 +244,19 @@ async fn stacks<S: Store>(State(st): State<Shared<S>>) -> Result<Response, ApiEr
     Ok(Json(st.deployer.stacks().await?).into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 async fn remove<S: Store>(
     State(st): State<Shared<S>>,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RemoveQuery>,
 ) -> Result<Response, ApiError> {
-    if st.deployer.remove(&name).await? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError(StatusCode::NOT_FOUND, format!("stack {name} is not deployed")))
-    }
+    st.deployer.remove(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn env<S: Store>(
@@ -230,13 +270,9 @@ async fn job<S: Store>(
     State(st): State<Shared<S>>,
     Path((stack, job)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let mut env = st.deployer.env(&stack, &job).await?;
-    let records = st.deployer.records().await?;
-    let Some(j) = records.jobs.get(&(stack.clone(), job.clone())) else {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("stack {stack} has no job {job}")));
-    };
+    let (j, mut env) = st.deployer.job(&stack, &job).await?;
     env.extend(j.env.clone());
-    Ok(Json(JobRun { stack, job: j.clone(), env }).into_response())
+    Ok(Json(JobRun { stack, job: j, env }).into_response())
 }
 
 #[derive(serde::Deserialize)]

@@ -14,10 +14,10 @@ use viking::{
     control::{self, placement::Placer, reconciler::Reconciler},
     datapath::{Algo, Datapath, DatapathConfig},
     deploy::Deployer,
-    discovery,
+    discovery, metrics,
     overlay::{self, Paths},
     runtime::{docker::DockerRuntime, exec::ExecRuntime, AnyRuntime, RuntimeConfig, RuntimeKind},
-    store::{self, EtcdOptions, Store, StoreSpec},
+    store::{self, EtcdOptions, LeaderKey, Store, StoreSpec},
 };
 
 pub struct AgentConfig {
@@ -43,6 +43,12 @@ pub struct AgentConfig {
     pub drain: bool,
     /// The host's network namespace, when the agent runs outside it.
     pub host_netns: Option<PathBuf>,
+    /// The API's TLS certificate and key (`--api-cert`, `--api-key`).
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// The CA other agents' API certificates are verified with (forwarding to the leader).
+    pub api_ca: Option<PathBuf>,
+    /// Serve the API without TLS on a non-loopback address.
+    pub api_insecure: bool,
     pub overlay: OverlayArgs,
 }
 
@@ -89,7 +95,12 @@ fn advertised_api(api: std::net::SocketAddr, address: IpAddr) -> std::net::Socke
     }
 }
 
-fn open_runtime(cfg: &AgentConfig, address: IpAddr, mtu: u32) -> anyhow::Result<AnyRuntime> {
+fn open_runtime<S: Store>(
+    cfg: &AgentConfig,
+    store: &S,
+    address: IpAddr,
+    mtu: u32,
+) -> anyhow::Result<AnyRuntime> {
     let rc = RuntimeConfig {
         node: cfg.node.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -102,21 +113,36 @@ fn open_runtime(cfg: &AgentConfig, address: IpAddr, mtu: u32) -> anyhow::Result<
         RuntimeKind::Exec => AnyRuntime::Exec(
             ExecRuntime::new(rc, &cfg.run_dir).context("preparing the exec runtime")?,
         ),
-        RuntimeKind::Docker => {
-            AnyRuntime::Docker(DockerRuntime::connect(rc, &cfg.docker_socket).with_context(
-                || format!("connecting to docker at {}", cfg.docker_socket.display()),
-            )?)
-        }
+        RuntimeKind::Docker => AnyRuntime::Docker(
+            DockerRuntime::connect(rc, &cfg.docker_socket)
+                .with_context(|| {
+                    format!("connecting to docker at {}", cfg.docker_socket.display())
+                })?
+                .with_contexts(Arc::new(store.clone())),
+        ),
     })
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    // Bad TLS files or a cleartext API on the network are refused before anything starts.
+    let tls = match &cfg.api_tls {
+        Some((cert, key)) => Some(api::tls::server_config(cert, key)?),
+        None => {
+            api::tls::check_cleartext(cfg.api, cfg.api_insecure)?;
+            None
+        }
+    };
+    let forward = api::tls::client(cfg.api_ca.as_deref())?;
     let mut datapath = Datapath::start(&cfg.datapath)
         .with_context(|| format!("starting the datapath of node {}", cfg.node))?;
     datapath.spawn_log();
+    if let Err(e) = metrics::global().datapath.attach(&cfg.datapath.bpffs) {
+        tracing::error!(error = %e, "reading the pinned maps for /metrics and /v1/status");
+    }
     let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
+    let store = metrics::Measured::new(store);
     let address = host_address(&cfg).await?;
     let prepared = overlay::prepare(
         &store,
@@ -138,17 +164,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         vtep = ?prepared.vtep,
         "overlay ready"
     );
+    // NB: an API bound to every address is reached on this host's address.
+    let advertised = advertised_api(cfg.api, address);
     let mut info = HostInfo {
-        name: cfg.node.clone(),
-        address,
         tags: cfg.tags.clone(),
-        capacity: Default::default(),
-        overlay_subnet: None,
-        vtep: None,
+        api: Some(advertised.to_string()),
+        runtime: Some(match cfg.runtime {
+            RuntimeKind::Docker => "docker".into(),
+            RuntimeKind::Exec => "exec".into(),
+        }),
         load: membership::loadavg().unwrap_or(0),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        ..HostInfo::new(cfg.node.clone(), address)
     };
     if let Some(vtep) = &prepared.vtep {
         info.set_vtep(vtep);
@@ -157,10 +186,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
-    let api = advertised_api(cfg.api, address);
-    let leading = elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: api.to_string() });
+    let me = LeaderInfo { node: cfg.node.clone(), api: advertised.to_string(), tls: tls.is_some() };
+    let (leading, leader_key) = elect(store.clone(), me);
 
-    let runtime = open_runtime(&cfg, address, prepared.mtu)?;
+    let runtime = open_runtime(&cfg, &store, address, prepared.mtu)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
     let state = Arc::new(ApiState {
         deployer: deployer.clone(),
@@ -168,19 +197,34 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         token,
         node: cfg.node.clone(),
         leading: leading.clone(),
-        http: reqwest::Client::new(),
+        http: forward,
+        local: Arc::new(api::status::Local {
+            address,
+            api: advertised.to_string(),
+            tls: tls.is_some(),
+            started: std::time::Instant::now(),
+        }),
+        runner: Some(Arc::new(runtime.clone())),
     });
-    let listener = tokio::net::TcpListener::bind(cfg.api)
-        .await
+    let listener = std::net::TcpListener::bind(cfg.api)
         .with_context(|| format!("binding the API to {}", cfg.api))?;
-    let server =
-        tokio::spawn(async move { axum::serve(listener, api::server::router(state)).await });
-    tracing::info!(node = %cfg.node, api = %cfg.api, store = %store.describe(), "agent running");
+    let server = tokio::spawn(api::serve::serve(listener, api::server::router(state), tls));
+    tracing::info!(
+        node = %cfg.node,
+        api = %cfg.api,
+        tls = cfg.api_tls.is_some(),
+        store = %store.describe(),
+        "agent running"
+    );
 
     let (stop_tx, stop) = watch::channel(false);
     let (containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
-    let placer =
-        Placer::new(store.clone(), deployer, Addresses::new(store.clone(), cfg.overlay.pool));
+    let placer = Placer::new(
+        store.clone(),
+        deployer,
+        Addresses::new(store.clone(), cfg.overlay.pool),
+        leader_key,
+    );
     let (overlay, reach) = overlay::run::Overlay::new(store.clone(), prepared);
     let overlay = tokio::spawn(overlay.run(stop.clone(), cfg.drain));
     let (programmed_tx, programmed) = watch::channel(0);
@@ -192,7 +236,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cfg.node.clone(),
         member.lease_watch(),
         containers_tx,
-    );
+    )
+    .keep_completed_in(cfg.data_dir.join("completed.json"));
     reconciler.paths = Some(Paths { reach, datapath: programmed });
     let reconcile = tokio::spawn(reconciler.run(stop.clone(), cfg.drain));
     let discovery = tokio::spawn(discovery::sync::run_reporting(
@@ -200,7 +245,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         datapath,
         cfg.ambassador,
         DEFAULT_PORT_RANGE,
-        Algo::Random,
+        Algo::default(),
         containers,
         stop,
         programmed_tx,
@@ -229,18 +274,26 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Campaigns for leadership for as long as the agent runs; the receiver says whether this
-/// node leads right now.
-fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
+/// Campaigns for leadership for as long as the agent runs; the receivers say whether this
+/// node leads right now, and with which leader key (what its writes are fenced by).
+fn elect<S: Store>(
+    store: S,
+    me: LeaderInfo,
+) -> (watch::Receiver<bool>, watch::Receiver<Option<LeaderKey>>) {
     let (tx, rx) = watch::channel(false);
+    let (key_tx, key_rx) = watch::channel(None);
     let value = serde_json::to_string(&me).unwrap_or_default();
     tokio::spawn(async move {
         loop {
             match cluster::campaign(&store, &value, cluster::leader::DEFAULT_TTL).await {
                 Ok(leadership) => {
+                    let _ = key_tx.send(Some(leadership.key().clone()));
                     let _ = tx.send(true);
+                    metrics::global().control.leader(true);
                     leadership.lost().await;
                     let _ = tx.send(false);
+                    let _ = key_tx.send(None);
+                    metrics::global().control.leader(false);
                     tracing::warn!(node = %me.node, "no longer leading");
                 }
                 Err(e) => {
@@ -250,7 +303,7 @@ fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
             }
         }
     });
-    rx
+    (rx, key_rx)
 }
 
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<()> {

@@ -218,16 +218,7 @@ mod tests {
     }
 
     fn host(name: &str, addr: &str, mac: Option<&str>) -> HostInfo {
-        let mut h = HostInfo {
-            name: name.into(),
-            address: addr.parse().unwrap(),
-            tags: vec![],
-            capacity: Default::default(),
-            overlay_subnet: None,
-            vtep: None,
-            started: 0,
-            load: 0,
-        };
+        let mut h = HostInfo::new(name, addr.parse().unwrap());
         if let Some(mac) = mac {
             h.set_vtep(&Vtep { mac: mac.into(), vni: 42, port: 4789, address: None });
         }

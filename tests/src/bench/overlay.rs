@@ -289,16 +289,8 @@ async fn data_path(plan: &Plan) -> anyhow::Result<(PathResult, PathResult, u32)>
 
 fn member(i: usize) -> (String, HostInfo) {
     let name = format!("bench-h{i}");
-    let mut h = HostInfo {
-        name: name.clone(),
-        address: std::net::IpAddr::V4(Ipv4Addr::new(10, 96, i as u8, 2)),
-        tags: vec![],
-        capacity: Default::default(),
-        overlay_subnet: None,
-        vtep: None,
-        started: 0,
-        load: 0,
-    };
+    let mut h =
+        HostInfo::new(name.clone(), std::net::IpAddr::V4(Ipv4Addr::new(10, 96, i as u8, 2)));
     h.set_vtep(&Vtep {
         mac: Mac::derived(&name).to_string(),
         vni: overlay::DEFAULT_VNI,

@@ -2,11 +2,13 @@
 //! again): a module per topic. They are privileged: each makes its own network namespaces,
 //! cgroups and bpffs directories and removes them on Drop, so they run in parallel.
 mod cluster;
+mod control;
 mod datapath;
 mod deploy;
 mod discovery;
 mod docker_agent;
 mod embassy;
+mod ops;
 mod overlay;
 mod runtime_docker;
 mod stacks;
