@@ -15,7 +15,7 @@ use crate::{
     unique, viking_bin,
 };
 
-/// The address a test agent's own host namespace holds (on a dummy link): `--address`.
+/// The address a test agent's own host namespace holds: `--address`.
 pub const HOST_ADDRESS: &str = "10.254.0.2";
 
 /// A free loopback TCP port (bound, read, released).
@@ -69,10 +69,12 @@ impl AgentProc {
         std::fs::create_dir_all(&dir).expect("agent dir");
         let mut extra = extra.to_vec();
         let netns = (!extra.iter().any(|a| a == "--host-netns")).then(|| {
+            // NB: a veth pair inside it (this kernel has no dummy links).
             let ns = NetNs::new("vka");
-            ns.ip(&["link", "add", "d0", "type", "dummy"]);
-            ns.ip(&["addr", "add", &format!("{HOST_ADDRESS}/24"), "dev", "d0"]);
-            ns.ip(&["link", "set", "d0", "up"]);
+            ns.ip(&["link", "add", "h0", "type", "veth", "peer", "name", "h1"]);
+            ns.ip(&["addr", "add", &format!("{HOST_ADDRESS}/24"), "dev", "h0"]);
+            ns.ip(&["link", "set", "h0", "up"]);
+            ns.ip(&["link", "set", "h1", "up"]);
             extra.extend(["--host-netns".into(), ns.path().display().to_string()]);
             if !extra.iter().any(|a| a == "--address") {
                 extra.extend(["--address".into(), HOST_ADDRESS.into()]);

@@ -1,8 +1,9 @@
 //! The per-host reconciler: makes what runs on this host match its intent
 //! (`/viking/proc/<host>/`). It starts missing instances once the jobs they link to are
-//! registered and the path to them exists (`overlay::Paths`), stops unwanted ones, restarts crashed daemons with backoff, runs
-//! non-daemonized jobs to their end, registers services (`discovery::registrator`), reports
-//! status under `/viking/ps/<host>/` and publishes the running containers to embassy.
+//! registered and the path to them exists (`overlay::Paths`), stops unwanted ones, restarts
+//! crashed daemons with backoff, runs non-daemonized jobs to their end, registers services
+//! (`discovery::registrator`), reports status under `/viking/ps/<host>/` and publishes the
+//! running containers to embassy.
 //!
 //! It reads the store through mirrors (a listing, then a watch): a pass costs the store
 //! nothing, and a change to this host's intent starts a pass at once.
@@ -245,7 +246,7 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
     }
 
     /// One pass: read, decide (`decide`), act on the runtime, then publish registrations,
-    /// status, embassy's containers and routes.
+    /// status and embassy's containers.
     pub async fn pass(&mut self) -> Result<(), StoreError> {
         let view = self.view().await?;
         let now = Instant::now();
