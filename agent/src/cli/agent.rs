@@ -98,6 +98,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         node: cfg.node.clone(),
         leading: leading.clone(),
         http: reqwest::Client::new(),
+        store_health: store.health(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await

@@ -30,11 +30,17 @@ pub fn format_table(services: &[ServiceStatus]) -> String {
     for s in services {
         let name = if s.name.is_empty() { format!("#{}", s.id) } else { s.name.clone() };
         let frontend = s.frontend.to_string();
+        // NB: at the per-service limit, how many registered backends are left out.
+        let backends = if s.unprogrammed > 0 {
+            format!("{} (+{} over the limit)", s.backends.len(), s.unprogrammed)
+        } else {
+            s.backends.len().to_string()
+        };
         let summary = vec![
             name,
             frontend,
             s.algo.to_string(),
-            s.backends.len().to_string(),
+            backends,
             s.backends.iter().map(|b| b.active).sum::<u64>().to_string(),
             s.conns.to_string(),
             s.rejects.to_string(),

@@ -38,7 +38,7 @@ pub struct Descriptor {
 
 /// A descriptor that does not parse: the variable's name and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{var}={value:?}: {reason}")]
+#[error("{var}={}: {reason}", crate::store::bounded(value))]
 pub struct DescriptorError {
     pub var: String,
     pub value: String,
