@@ -48,6 +48,16 @@ impl AgentProc {
 
     /// Starts an agent with more arguments.
     pub async fn start_with(store: Option<&str>, extra: &[String]) -> Self {
+        Self::start_with_setup(store, extra, |_| {}).await
+    }
+
+    /// Starts an agent with more arguments, after `setup` has prepared its files (a token
+    /// file, a store directory) that the agent will find.
+    pub async fn start_with_setup(
+        store: Option<&str>,
+        extra: &[String],
+        setup: impl FnOnce(&Self),
+    ) -> Self {
         crate::require_root();
         let node = unique("node");
         let dir = std::env::temp_dir().join(unique("vk-agent-"));
@@ -64,6 +74,7 @@ impl AgentProc {
         };
         a.store = store
             .map_or_else(|| format!("embedded:{}", a.dir.join("store").display()), str::to_owned);
+        setup(&a);
         a.spawn();
         a.wait_healthy().await;
         a

@@ -7,6 +7,7 @@ mod deploy;
 mod discovery;
 mod docker_agent;
 mod embassy;
+mod robust;
 mod runtime_docker;
 mod stacks;
 mod store;
