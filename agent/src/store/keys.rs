@@ -13,6 +13,7 @@
 //! /viking/history/<stack>/<job>                 where it ran
 //! /viking/waiting/<stack>/<job>/<index>         why an instance is not placed
 //! /viking/leader                                election
+//! /viking/journal/...                           bulk writes in progress (store::bulk)
 //! /services/<env>/<service>/<port>/<host_port>/<id>   registrations (seed 002)
 //! ```
 
@@ -28,6 +29,8 @@ pub const IPS: &str = "/viking/alloc/ips/";
 pub const HISTORY: &str = "/viking/history/";
 pub const WAITING: &str = "/viking/waiting/";
 pub const LEADER: &str = "/viking/leader";
+/// Bulk writes in progress (`store::bulk`).
+pub const JOURNAL: &str = "/viking/journal/";
 pub const SERVICES: &str = "/services/";
 
 /// Why a name cannot be one segment of a key, if it cannot.

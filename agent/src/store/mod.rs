@@ -10,6 +10,7 @@
 //! - `keys`: the key layout.
 //! - `health`: whether the store works right now (what `/v1/health` reports).
 mod any;
+pub mod bulk;
 mod changes;
 mod election;
 pub mod embedded;
@@ -18,6 +19,7 @@ pub mod etcd;
 pub mod health;
 pub mod keys;
 mod lease;
+pub mod limits;
 mod mirror;
 mod spec;
 mod types;
