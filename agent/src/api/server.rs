@@ -139,7 +139,7 @@ async fn auth<S: Store>(State(st): State<Shared<S>>, req: Request, next: Next) -
     let (first, more) = (headers.next(), headers.next().is_some());
     match first.and_then(bearer) {
         _ if more => unauthorized("more than one Authorization header"),
-        Some(t) if t.is_empty() => unauthorized("empty bearer token (Authorization: Bearer ...)"),
+        Some([]) => unauthorized("empty bearer token (Authorization: Bearer ...)"),
         Some(t) if !st.token.is_empty() && constant_time_eq(t, st.token.as_bytes()) => {
             next.run(req).await
         }

@@ -58,11 +58,12 @@ fn open_rw(dir: &Path) -> std::result::Result<redb::Database, redb::DatabaseErro
     redb::Builder::new().set_concurrency_mode(ConcurrencyMode::SingleWriter).create(dir.join(FILE))
 }
 
-/// Makes every table exist (so readers never find one missing) and reads the revision, the
-/// compacted revision and the persisted leases (each with a fresh TTL).
-fn load(
-    db: &redb::Database,
-) -> std::result::Result<(Revision, Revision, Vec<(i64, Duration)>), redb::Error> {
+/// What a database file holds on opening: its revision, its compacted revision and its
+/// persisted leases (id, TTL).
+type Loaded = (Revision, Revision, Vec<(i64, Duration)>);
+
+/// Makes every table exist (so readers never find one missing) and reads what it holds.
+fn load(db: &redb::Database) -> std::result::Result<Loaded, redb::Error> {
     let txn = db.begin_write()?;
     let loaded = {
         txn.open_table(KV)?;

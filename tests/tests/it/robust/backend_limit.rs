@@ -39,7 +39,7 @@ async fn put_fakes(store: &EtcdStore, range: std::ops::Range<usize>) {
             })
             .collect();
         for t in tasks {
-            t.await.unwrap().unwrap();
+            t.await.expect("the task").expect("the store");
         }
     }
 }
@@ -56,7 +56,7 @@ async fn delete_all(store: &EtcdStore, keys: impl IntoIterator<Item = String>) {
             })
             .collect();
         for t in tasks {
-            t.await.unwrap().unwrap();
+            t.await.expect("the task").expect("the store");
         }
     }
 }
@@ -68,11 +68,11 @@ async fn until(
     ok: impl Fn(&ServiceStatus) -> bool,
 ) -> ServiceStatus {
     let frontend =
-        Frontend { addr: "127.0.0.1:20000".parse().unwrap(), proto: Proto::Tcp, netns: 0 };
-    let table = ServiceTable::open(&maps_dir(&agent.bpf.path)).unwrap();
+        Frontend { addr: SocketAddr::from(([127, 0, 0, 1], 20000)), proto: Proto::Tcp, netns: 0 };
+    let table = ServiceTable::open(&maps_dir(&agent.bpf.path)).expect("the agent's pinned maps");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let got = table.get(&frontend).unwrap();
+        let got = table.get(&frontend).expect("reading the service table");
         if let Some(s) = got.as_ref().filter(|s| ok(s)) {
             return s.clone();
         }

@@ -51,14 +51,14 @@ fn names_in(dir: &Path, suffix: &str) -> BTreeSet<String> {
 fn held(c: &Cluster) -> Held {
     let host = &c.hosts[0];
     let run = PathBuf::from("/run/viking").join(&host.agent.node).join("netns");
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let prefix = format!("{}/", run.display());
     let mounts = mountinfo
         .lines()
         .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
         .count();
     let links =
-        Command::new("ip").args(["-n", &host.ns.name, "-o", "link", "show"]).output().unwrap();
+        Command::new("ip").args(["-n", &host.ns.name, "-o", "link", "show"]).output().expect("ip");
     let veths = String::from_utf8_lossy(&links.stdout)
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
@@ -66,7 +66,7 @@ fn held(c: &Cluster) -> Held {
         .count();
     let cg = &host.agent.cgroup.path;
     let cgroups: BTreeSet<String> = std::fs::read_dir(cg)
-        .unwrap()
+        .expect("the agent's cgroup")
         .flatten()
         .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
