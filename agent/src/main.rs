@@ -252,15 +252,6 @@ enum ServiceCmd {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     viking::logging::init(cli.log_json)?;
-    if !matches!(cli.command, Command::Agent { .. }) {
-        // NB: a command whose output goes to a closed pipe (`viking services | head`) ends
-        // quietly, as Unix tools do, rather than panicking in the middle of a line. Sockets
-        // are unaffected: Rust sends with MSG_NOSIGNAL.
-        // SAFETY: signal(2) with SIG_DFL touches no memory of ours.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     match cli.command {
         Command::Agent {
             node,

@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::Path};
 use anyhow::Context as _;
 use viking::datapath::{maps_dir, Algo, Frontend, Proto, ServiceSpec, ServiceStatus, ServiceTable};
 
-use super::table::render;
+use super::{
+    out::{out, outln},
+    table::render,
+};
 
 fn open(bpffs: &Path) -> anyhow::Result<ServiceTable> {
     ServiceTable::open(&maps_dir(bpffs)).with_context(|| {
@@ -18,9 +21,9 @@ fn open(bpffs: &Path) -> anyhow::Result<ServiceTable> {
 pub fn list(bpffs: &Path, json: bool) -> anyhow::Result<()> {
     let services = open(bpffs)?.list()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&services)?);
+        outln!("{}", serde_json::to_string_pretty(&services)?);
     } else {
-        print!("{}", format_table(&services));
+        out!("{}", format_table(&services));
     }
     Ok(())
 }
