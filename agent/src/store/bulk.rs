@@ -128,6 +128,46 @@ pub async fn commit<S: Store>(store: &S, when: Vec<Compare>, ops: Vec<Op>) -> Re
     Ok(true)
 }
 
+/// Commits `groups` of operations, each group whole, packed into transactions within etcd's
+/// limits, each under `fence` (e.g. "this node still leads"). For work that needs no more
+/// atomicity than its groups: a placement pass, where each instance's move is one group.
+/// Returns how many groups were committed; fewer than given when the fence failed.
+pub async fn commit_groups<S: Store>(
+    store: &S,
+    fence: &[Compare],
+    groups: Vec<Vec<Op>>,
+) -> Result<usize> {
+    let room = MAX_REQUEST_BYTES - fence.iter().map(limits::compare_bytes).sum::<usize>();
+    let mut done = 0;
+    let mut batch: Vec<Op> = Vec::new();
+    let mut in_batch = 0;
+    let mut bytes = 0;
+    for group in groups.into_iter().filter(|g| !g.is_empty()) {
+        let size: usize = group.iter().map(limits::op_bytes).sum();
+        if !batch.is_empty() && (batch.len() + group.len() > MAX_TXN_OPS || bytes + size > room) {
+            if !store
+                .txn(Txn::when(fence.to_vec()).then(std::mem::take(&mut batch)))
+                .await?
+                .succeeded
+            {
+                return Ok(done);
+            }
+            done += in_batch;
+            (in_batch, bytes) = (0, 0);
+        }
+        batch.extend(group);
+        in_batch += 1;
+        bytes += size;
+    }
+    if !batch.is_empty() {
+        if !store.txn(Txn::when(fence.to_vec()).then(batch)).await?.succeeded {
+            return Ok(done);
+        }
+        done += in_batch;
+    }
+    Ok(done)
+}
+
 /// Finishes a pending journal (applies a committed one, drops chunks nobody will commit).
 /// Returns whether one was pending.
 pub async fn settle<S: Store>(store: &S) -> Result<bool> {

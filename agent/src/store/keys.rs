@@ -4,6 +4,7 @@
 //! ```text
 //! /viking/hosts/<host>                          membership (leased)
 //! /viking/deploy/<stack>/<job>                  job definitions
+//! /viking/plan/<stack>/<job>                    what a deploy resolved: links, ports, env
 //! /viking/proc/<host>/<stack>/<job>/<index>     intent, written by the leader
 //! /viking/ps/<host>/<stack>/<job>/<index>       actual state (leased)
 //! /viking/alloc/ports/next                      port counter
@@ -20,6 +21,7 @@
 pub const ROOT: &str = "/viking/";
 pub const HOSTS: &str = "/viking/hosts/";
 pub const DEPLOY: &str = "/viking/deploy/";
+pub const PLANS: &str = "/viking/plan/";
 pub const PROC: &str = "/viking/proc/";
 pub const PS: &str = "/viking/ps/";
 pub const PORTS: &str = "/viking/alloc/ports/";

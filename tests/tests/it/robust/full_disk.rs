@@ -68,6 +68,7 @@ fn stack(name: &str, kb: usize) -> DeployRequest {
             "j:\n  type: job\n  command: sleep 1\n  scale: 0\n  env:\n    FILL: {filler}\n"
         ),
         dry_run: false,
+        contexts: Default::default(),
     }
 }
 
