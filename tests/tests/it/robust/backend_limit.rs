@@ -1,10 +1,12 @@
 //! A service with more registrations than the datapath holds for one (1,024): the newest are
 //! programmed, the count left out is shown, and a deleted registration always leaves, also
 //! the live one among 2,000.
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, process::Command, time::Duration};
 
 use viking::{
+    api::DeployRequest,
     datapath::{maps_dir, Frontend, Proto, ServiceStatus, ServiceTable},
+    stack::plan::Plan,
     store::{EtcdStore, Store},
 };
 use viking_common::MAX_BACKENDS_PER_SERVICE;
@@ -61,14 +63,16 @@ async fn delete_all(store: &EtcdStore, keys: impl IntoIterator<Item = String>) {
     }
 }
 
-/// Polls the kernel's service table until `ok` holds for the service (30 s at most).
+/// Polls the kernel's service table until `ok` holds for the service at ambassador `port`
+/// (30 s at most).
 async fn until(
     agent: &AgentProc,
+    port: u16,
     what: &str,
     ok: impl Fn(&ServiceStatus) -> bool,
 ) -> ServiceStatus {
     let frontend =
-        Frontend { addr: SocketAddr::from(([127, 0, 0, 1], 20000)), proto: Proto::Tcp, netns: 0 };
+        Frontend { addr: SocketAddr::from(([127, 0, 0, 1], port)), proto: Proto::Tcp, netns: 0 };
     let table = ServiceTable::open(&maps_dir(&agent.bpf.path)).expect("the agent's pinned maps");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -93,15 +97,30 @@ async fn two_thousand_backends_keep_the_newest_and_a_deleted_one_leaves() {
     let etcd = Etcd::start().await;
     let agent = AgentProc::start(Some(&etcd.spec())).await;
     let store = etcd.store().await;
-    store.put("/viking/alloc/ports/lim_web/80", b"20000".to_vec(), None).await.unwrap();
-    until(&agent, "the service, with no backend", |s| s.backends.is_empty()).await;
+    // A stack whose client links to web: web's port 80 gets an ambassador port. Nothing runs
+    // (scale 0): the backends are the registrations this test writes.
+    let text = "web:\n  type: job\n  command: sleep 1\n  ports:\n    - 80\n  scale: 0\n\
+                client:\n  type: job\n  command: sleep 1\n  scale: 0\n  link:\n    - web\n";
+    let req = DeployRequest {
+        name: "lim".into(),
+        file: "lim.yml".into(),
+        text: text.into(),
+        dry_run: false,
+        contexts: Default::default(),
+    };
+    let api = agent.client();
+    let _: Option<Plan> = api.post("/v1/deploy", &req).await.unwrap();
+    let env: BTreeMap<String, String> = api.get("/v1/env/lim/client").await.unwrap().unwrap();
+    let port: u16 = env["WEB_PORT_80_TCP_PORT"].parse().unwrap();
+    let wait = |what: &'static str, ok: fn(&ServiceStatus) -> bool| until(&agent, port, what, ok);
+    wait("the service, with no backend", |s| s.backends.is_empty()).await;
 
     // 1,000 older, the live one, 999 newer.
     let live: SocketAddr = "10.60.0.1:80".parse().unwrap();
     put_fakes(&store, 0..1000).await;
     store.put("/services/prod/lim_web/80/40000/live", record(live), None).await.unwrap();
     put_fakes(&store, 1000..FAKES).await;
-    let s = until(&agent, "the newest 1,024 programmed", |s| {
+    let s = wait("the newest 1,024 programmed", |s| {
         s.backends.len() == MAX && s.unprogrammed as usize == FAKES + 1 - MAX
     })
     .await;
@@ -118,14 +137,14 @@ async fn two_thousand_backends_keep_the_newest_and_a_deleted_one_leaves() {
 
     // The live one's registration goes: so does its backend; an older one takes its slot.
     store.delete("/services/prod/lim_web/80/40000/live").await.unwrap();
-    let s = until(&agent, "the deleted one gone", |s| !has(s, live)).await;
+    let s = wait("the deleted one gone", |s| !has(s, "10.60.0.1:80".parse().unwrap())).await;
     assert_eq!((s.backends.len(), s.unprogrammed as usize), (MAX, FAKES - MAX));
 
     // Stale ones always go: without the 999 newest, the 1,000 oldest are all programmed.
     delete_all(&store, (1000..FAKES).map(key)).await;
-    let s = until(&agent, "the 1,000 oldest", |s| s.backends.len() == 1000).await;
+    let s = wait("the 1,000 oldest", |s| s.backends.len() == 1000).await;
     assert_eq!(s.unprogrammed, 0);
     assert!((0..1000).all(|i| has(&s, fake(i))));
     delete_all(&store, (0..1000).map(key)).await;
-    until(&agent, "no backend left", |s| s.backends.is_empty()).await;
+    wait("no backend left", |s| s.backends.is_empty()).await;
 }
