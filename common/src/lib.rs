@@ -119,7 +119,10 @@ pub struct ServiceValue {
     /// Number of slots in the set; 0 refuses connections.
     pub count: u32,
     pub algo: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// Backends the service has beyond `MAX_BACKENDS_PER_SERVICE`, left out of the set
+    /// (saturating). Read by userspace only (`viking services`).
+    pub unprogrammed: u16,
 }
 
 /// Key of the backend-slot map.

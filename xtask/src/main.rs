@@ -2,6 +2,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod image;
 mod setup;
 mod test;
@@ -48,6 +49,18 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the fuzz targets (nightly, cargo-fuzz) and run each for a bounded time from its
+    /// corpus in fuzz/corpus/ (docs/operations.md).
+    Fuzz {
+        /// Only these targets (default: every file of fuzz/src/bin/).
+        targets: Vec<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Keep new inputs in the repository's corpus (to commit).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Build the local images into the running dockerd, nothing pulled (`docker import`):
     /// viking/agent:<version> (the agent, release build) and viking/busybox:latest.
     Image {
@@ -76,6 +89,10 @@ fn main() -> anyhow::Result<()> {
             demo::Options::default()
         }),
         Command::Bench { which, json, quick } => bench::run(&which, json, quick),
+        Command::Fuzz { targets, time, keep } => {
+            setup::run()?;
+            fuzz::run(&fuzz::Options { targets, seconds: time, keep })
+        }
         Command::Image { host, debug } => {
             setup::run()?;
             let profile = if debug { "debug" } else { "release" };

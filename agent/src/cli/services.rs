@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::Path};
 use anyhow::Context as _;
 use viking::datapath::{maps_dir, Algo, Frontend, Proto, ServiceSpec, ServiceStatus, ServiceTable};
 
-use super::table::render;
+use super::{
+    out::{out, outln},
+    table::render,
+};
 
 fn open(bpffs: &Path) -> anyhow::Result<ServiceTable> {
     ServiceTable::open(&maps_dir(bpffs)).with_context(|| {
@@ -18,9 +21,9 @@ fn open(bpffs: &Path) -> anyhow::Result<ServiceTable> {
 pub fn list(bpffs: &Path, json: bool) -> anyhow::Result<()> {
     let services = open(bpffs)?.list()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&services)?);
+        outln!("{}", serde_json::to_string_pretty(&services)?);
     } else {
-        print!("{}", format_table(&services));
+        out!("{}", format_table(&services));
     }
     Ok(())
 }
@@ -30,11 +33,17 @@ pub fn format_table(services: &[ServiceStatus]) -> String {
     for s in services {
         let name = if s.name.is_empty() { format!("#{}", s.id) } else { s.name.clone() };
         let frontend = s.frontend.to_string();
+        // NB: at the per-service limit, how many registered backends are left out.
+        let backends = if s.unprogrammed > 0 {
+            format!("{} (+{} over the limit)", s.backends.len(), s.unprogrammed)
+        } else {
+            s.backends.len().to_string()
+        };
         let summary = vec![
             name,
             frontend,
             s.algo.to_string(),
-            s.backends.len().to_string(),
+            backends,
             s.backends.iter().map(|b| b.active).sum::<u64>().to_string(),
             s.conns.to_string(),
             s.rejects.to_string(),

@@ -27,6 +27,8 @@ pub enum DatapathError {
     TooManyBackends(String),
     #[error("service {service}: backend {backend} is IPv6 but the ambassador address is IPv4")]
     FamilyMismatch { service: String, backend: std::net::SocketAddr },
+    #[error("service {service}: backend {backend}: {reason}")]
+    BadBackend { service: String, backend: std::net::SocketAddr, reason: &'static str },
     #[error("the {0} id space is full")]
     IdsExhausted(&'static str),
     #[error("service name {0:?} is longer than {max} bytes", max = viking_common::SERVICE_NAME_LEN)]

@@ -16,7 +16,7 @@ mod table;
 use std::path::{Path, PathBuf};
 
 pub use error::DatapathError;
-pub use spec::{Algo, Frontend, Proto, ServiceSpec};
+pub use spec::{check_backend, Algo, Frontend, Proto, ServiceSpec};
 pub use table::{BackendStatus, ServiceStatus, ServiceTable, GRACE};
 
 /// Where one agent's datapath lives.

@@ -51,6 +51,22 @@ impl FromStr for Proto {
     }
 }
 
+/// Why a connection could never reach `backend`, if it could not: the unspecified address
+/// (`0.0.0.0`, `::`: "any", no host), a multicast or broadcast address, or port 0.
+pub fn check_backend(backend: &SocketAddr) -> Result<(), &'static str> {
+    let ip = backend.ip();
+    if ip.is_unspecified() {
+        return Err("the unspecified address (0.0.0.0 or ::) is no host to connect to");
+    }
+    if ip.is_multicast() || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        return Err("a multicast or broadcast address is no host to connect to");
+    }
+    if backend.port() == 0 {
+        return Err("port 0 is no port to connect to");
+    }
+    Ok(())
+}
+
 /// How a service spreads new connections over its backends. Round robin by default, as
 /// embassy does: an even spread with no state per client.
 #[derive(

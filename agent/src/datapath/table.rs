@@ -22,7 +22,9 @@ use viking_common::{
 use super::{
     error::DatapathError,
     ids::IdPool,
-    spec::{from_addr, from_port, to_addr, to_port, Algo, Frontend, Proto, ServiceSpec},
+    spec::{
+        check_backend, from_addr, from_port, to_addr, to_port, Algo, Frontend, Proto, ServiceSpec,
+    },
 };
 
 /// How long a replaced backend set stays readable before it is deleted.
@@ -58,6 +60,8 @@ pub struct ServiceStatus {
     pub rejects: u64,
     /// Unconnected UDP datagrams dropped for want of a backend.
     pub drops: u64,
+    /// Backends it has beyond the per-service limit, not programmed (`upsert_limited`).
+    pub unprogrammed: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -191,6 +195,13 @@ impl ServiceTable {
     /// Installs or replaces a service and its whole backend set. A spec equal to what is
     /// installed changes nothing.
     pub fn upsert(&mut self, spec: &ServiceSpec) -> Result<()> {
+        self.upsert_limited(spec, 0)
+    }
+
+    /// `upsert`, noting that the service has `unprogrammed` more backends than the set
+    /// holds (it is at the per-service limit): `viking services` shows it.
+    pub fn upsert_limited(&mut self, spec: &ServiceSpec, unprogrammed: usize) -> Result<()> {
+        let unprogrammed = u16::try_from(unprogrammed).unwrap_or(u16::MAX);
         self.collect_retired(GRACE)?;
         validate(spec)?;
         let key = service_key(&spec.frontend);
@@ -210,13 +221,13 @@ impl ServiceTable {
                     .iter()
                     .zip(&spec.backends)
                     .all(|(b, want)| backend_addr(b) == *want);
-            if same && self.name_of(v.id)? == spec.name {
+            if same && v.unprogrammed == unprogrammed && self.name_of(v.id)? == spec.name {
                 return Ok(());
             }
         }
 
         let mut fresh = Fresh::default();
-        let result = self.write(spec, key, existing, &old_backends, &mut fresh);
+        let result = self.write(spec, key, existing, &old_backends, unprogrammed, &mut fresh);
         if result.is_err() {
             self.roll_back(fresh);
         }
@@ -231,6 +242,7 @@ impl ServiceTable {
         key: ServiceKey,
         existing: Option<ServiceValue>,
         old_backends: &[Backend],
+        unprogrammed: u16,
         fresh: &mut Fresh,
     ) -> Result<()> {
         let name = name_bytes(&spec.name)?;
@@ -267,7 +279,8 @@ impl ServiceTable {
             set,
             count: spec.backends.len() as u32,
             algo: spec.algo.number(),
-            _pad: [0; 3],
+            _pad: 0,
+            unprogrammed,
         };
         let new_scoped = existing.is_none() && key.netns != 0;
         if new_scoped {
@@ -425,6 +438,7 @@ impl ServiceTable {
             conns: sum.conns,
             rejects: sum.rejects,
             drops: sum.drops,
+            unprogrammed: u32::from(value.unprogrammed),
         })
     }
 
@@ -479,6 +493,13 @@ fn per_cpu<T: aya::Pod>(value: T, ncpus: usize, name: &'static str) -> Result<Pe
 fn validate(spec: &ServiceSpec) -> Result<()> {
     if spec.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
         return Err(DatapathError::TooManyBackends(spec.name.clone()));
+    }
+    for b in &spec.backends {
+        check_backend(b).map_err(|reason| DatapathError::BadBackend {
+            service: spec.name.clone(),
+            backend: *b,
+            reason,
+        })?;
     }
     if spec.frontend.addr.is_ipv4() {
         if let Some(b) = spec.backends.iter().find(|b| b.is_ipv6()) {
