@@ -66,6 +66,8 @@ impl Topo {
     /// Installs (or replaces) a service.
     pub fn service(&mut self, frontend: &str, proto: Proto, algo: Algo, backends: &[SocketAddr]) {
         let spec = ServiceSpec {
+            ejection: Default::default(),
+            end_tcp: false,
             name: format!("svc-{frontend}"),
             frontend: Frontend { addr: frontend.parse().expect("frontend"), proto, netns: 0 },
             algo,

@@ -65,6 +65,8 @@ pub fn add(
 ) -> anyhow::Result<()> {
     let mut table = open(bpffs)?;
     let spec = ServiceSpec {
+        ejection: Default::default(),
+        end_tcp: false,
         name,
         frontend: Frontend { addr: frontend, proto, netns: 0 },
         algo,

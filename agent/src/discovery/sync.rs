@@ -61,6 +61,8 @@ pub fn desired(
                 .filter(|b| b.is_ipv4() == ambassador.is_ipv4() || ambassador.is_ipv6())
                 .collect();
             out.push(ServiceSpec {
+                ejection: Default::default(),
+                end_tcp: false,
                 name: fit_name(&format!("{}:{}", a.service, a.port)),
                 frontend: Frontend {
                     addr: SocketAddr::new(ambassador, a.ambassador_port),

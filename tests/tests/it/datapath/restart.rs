@@ -45,6 +45,8 @@ fn agent_restart_keeps_transfers_and_connects_going() {
     wait_for_pins(&t);
     let mut table = ServiceTable::open(&maps_dir(&t.bpf.path)).unwrap();
     let spec = ServiceSpec {
+        ejection: Default::default(),
+        end_tcp: false,
         name: "restart".into(),
         frontend: Frontend { addr: "127.0.0.1:7300".parse().unwrap(), proto: Proto::Tcp, netns: 0 },
         algo: Algo::RoundRobin,
@@ -96,6 +98,8 @@ fn two_agents_on_one_kernel_do_not_see_each_other() {
     for (dp, backend) in [(&mut dp1, &one), (&mut dp2, &two)] {
         dp.table
             .upsert(&ServiceSpec {
+                ejection: Default::default(),
+                end_tcp: false,
                 name: backend.name.clone(),
                 frontend: Frontend {
                     addr: "127.0.0.1:7400".parse().unwrap(),
