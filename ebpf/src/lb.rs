@@ -10,8 +10,7 @@ use viking_common::{
 use crate::{
     health,
     maps::{
-        BACKENDS, BACKEND_ACTIVE, BACKEND_TOTAL, PORTS, RR_STATE, SCOPED, SERVICES,
-        SERVICE_STATS,
+        BACKENDS, BACKEND_ACTIVE, BACKEND_TOTAL, PORTS, RR_STATE, SCOPED, SERVICES, SERVICE_STATS,
     },
 };
 

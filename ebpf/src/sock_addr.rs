@@ -19,7 +19,7 @@ use crate::{
 
 const SOL_TCP: i32 = 6;
 /// Sets a TCP socket's sock_ops callback flags from any program that may call setsockopt
-/// (Linux 6.13+; older kernels refuse it with EINVAL).
+/// (added to Linux in 2024; older kernels refuse it).
 const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
 /// The callbacks a redirected TCP socket asks for: state changes (established, closed) and
 /// retransmission timeouts (a SYN unanswered).
@@ -132,20 +132,14 @@ pub fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
 }
 
 /// Asks for the sock_ops callbacks of this socket alone, so that sockets Viking did not
-/// redirect get none. Where the kernel refuses (before 6.13), sock_ops asks at
+/// redirect get none. Where the kernel refuses (a kernel from before 2024), sock_ops asks at
 /// TCP_CONNECT_CB instead (`flags::CONNECT_CB`).
 #[inline(always)]
 fn ask_callbacks(ctx: &SockAddrContext) {
     let mut val = SOCK_CALLBACKS as i32;
     // SAFETY: the program's own context, a 4-byte value on the stack.
     let r = unsafe {
-        bpf_setsockopt(
-            ctx.as_ptr(),
-            SOL_TCP,
-            TCP_BPF_SOCK_OPS_CB_FLAGS,
-            (&raw mut val).cast(),
-            4,
-        )
+        bpf_setsockopt(ctx.as_ptr(), SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, (&raw mut val).cast(), 4)
     };
     if r != 0 {
         if let Some(p) = FLAGS.get_ptr_mut(flags::CONNECT_CB) {

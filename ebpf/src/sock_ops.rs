@@ -67,7 +67,7 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, i32> {
             }
         }
     } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB && flag(flags::CONNECT_CB) {
-        // The kernel would not let connect() ask for the callbacks (before 6.13).
+        // The kernel would not let connect() ask for the callbacks (a kernel from before 2024).
         if state(ctx).is_some() {
             let _ = ctx.set_cb_flags((ctx.cb_flags() | SOCK_CALLBACKS) as i32);
         }

@@ -33,7 +33,8 @@ impl Aligned {
 
     /// Replaces every aligned 8-byte word equal to `from` with `to`; returns how many.
     fn replace(&mut self, from: u64, to: u64) -> usize {
-        let (from, to) = (u64::from_ne_bytes(from.to_le_bytes()), u64::from_ne_bytes(to.to_le_bytes()));
+        let (from, to) =
+            (u64::from_ne_bytes(from.to_le_bytes()), u64::from_ne_bytes(to.to_le_bytes()));
         let mut n = 0;
         for w in &mut self.words {
             if *w == from {

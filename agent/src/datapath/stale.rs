@@ -103,7 +103,8 @@ fn namespaces(cgroup: Option<&Path>) -> Result<Vec<File>, DatapathError> {
             }
         }
         None => {
-            let entries = std::fs::read_dir("/proc").map_err(DatapathError::io("listing", "/proc"))?;
+            let entries =
+                std::fs::read_dir("/proc").map_err(DatapathError::io("listing", "/proc"))?;
             for e in entries.flatten() {
                 let name = e.file_name();
                 if name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {

@@ -206,10 +206,7 @@ impl ServiceTable {
             stale: open_map(dir, maps::STALE)?.try_into().map_err(op(maps::STALE))?,
             flags: open_map(dir, maps::FLAGS)?.try_into().map_err(op(maps::FLAGS))?,
             ended: open_map(dir, maps::ENDED)?.try_into().map_err(op(maps::ENDED))?,
-            sweeper: Sweeper::new(
-                dir.parent().unwrap_or(dir).join("links"),
-                None,
-            ),
+            sweeper: Sweeper::new(dir.parent().unwrap_or(dir).join("links"), None),
             service_ids: IdPool::with_used("service", MAX_SERVICES, service_used),
             // Two sets per service at most: the live one and the one being replaced.
             set_ids: IdPool::with_used("backend set", 2 * MAX_SERVICES + 2, set_used),
@@ -524,8 +521,7 @@ impl ServiceTable {
             });
         }
         let cfg = self.health_config.get(&value.id, 0).map_err(op(maps::HEALTH_CONFIG))?;
-        let counters =
-            self.service_health.get(&value.id, 0).map_err(op(maps::SERVICE_HEALTH))?;
+        let counters = self.service_health.get(&value.id, 0).map_err(op(maps::SERVICE_HEALTH))?;
         Ok(ServiceStatus {
             name: self.name_of(value.id)?,
             frontend: Frontend {
@@ -589,9 +585,7 @@ impl ServiceTable {
         self.stats.set(id, zeros, 0).map_err(op(maps::SERVICE_STATS))?;
         let zeros = per_cpu(0u32, self.ncpus, maps::RR_STATE)?;
         self.rr.set(id, zeros, 0).map_err(op(maps::RR_STATE))?;
-        self.service_health
-            .set(id, ServiceHealth::default(), 0)
-            .map_err(op(maps::SERVICE_HEALTH))
+        self.service_health.set(id, ServiceHealth::default(), 0).map_err(op(maps::SERVICE_HEALTH))
     }
 
     /// Writes the service's ejection settings where they differ from what is there.
@@ -628,7 +622,12 @@ impl ServiceTable {
         }
         let keys: Vec<StaleKey> = departed
             .iter()
-            .map(|a| StaleKey { service: id, port: to_port(a.port()), _pad: 0, addr: to_addr(a.ip()) })
+            .map(|a| StaleKey {
+                service: id,
+                port: to_port(a.port()),
+                _pad: 0,
+                addr: to_addr(a.ip()),
+            })
             .collect();
         let mut result = Ok(());
         for k in &keys {
@@ -654,6 +653,13 @@ impl ServiceTable {
                 let _ = self.ended.set(ended::FAILED_SWEEPS, n + 1, 0);
             }
         }
+    }
+
+    /// Whether sock_ops had to ask for a socket's callbacks at TCP_CONNECT_CB because the
+    /// kernel refused it from connect() (a kernel from before 2024): every TCP connect of the cgroup
+    /// then pays a socket-storage lookup there.
+    pub fn callbacks_from_sock_ops(&self) -> Result<bool> {
+        Ok(self.flags.get(&flags::CONNECT_CB, 0).map_err(op(maps::FLAGS))? != 0)
     }
 
     /// Sockets ended so far, and whether this kernel can.

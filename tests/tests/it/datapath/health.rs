@@ -12,7 +12,7 @@ use viking_tests::{
 /// A backend address that refuses connections: nothing listens there (the server's kernel
 /// answers the SYN with a RST).
 fn refusing(port: u16) -> SocketAddr {
-    format!("{}:{port}", SERVER_IPS[1]).parse().unwrap()
+    format!("{}:{port}", SERVER_IPS[1]).parse().expect("address")
 }
 
 /// A backend address whose SYNs vanish: a listener behind an iptables DROP rule in the
@@ -25,7 +25,7 @@ struct BlackHole {
 
 impl BlackHole {
     fn new(t: &Topo, port: u16) -> Self {
-        let addr: SocketAddr = format!("{}:{port}", SERVER_IPS[2]).parse().unwrap();
+        let addr: SocketAddr = format!("{}:{port}", SERVER_IPS[2]).parse().expect("address");
         let listener = Backend::tcp(&t.server, "hole", addr);
         let hole = Self { addr, _listener: listener, ns: t.server.name.clone() };
         hole.iptables("-A");
@@ -61,7 +61,7 @@ fn by_backend(conns: &[Conn]) -> HashMap<String, usize> {
 }
 
 fn all_ejected(t: &mut Topo, s: &ServiceSpec, which: std::ops::Range<usize>) -> bool {
-    let st = t.table().get(&s.frontend).unwrap().unwrap();
+    let st = t.table().get(&s.frontend).expect("read").expect("installed");
     st.backends[which].iter().all(|b| b.health == Health::Ejected)
 }
 
@@ -247,4 +247,77 @@ fn least_connections_counts_only_established_connections() {
         sleep(Duration::from_millis(20));
     }
     assert_eq!(left, 0, "closed connections are uncounted");
+}
+
+#[test]
+fn viking_services_shows_ejections_and_service_add_checks_its_settings() {
+    let mut t = Topo::new();
+    let b = t.tcp_backends(8000);
+    let bpffs = t.bpf.path.clone();
+    let viking = |args: &[&str]| {
+        let out = std::process::Command::new(viking_tests::viking_bin())
+            .args(args)
+            .arg("--bpffs")
+            .arg(&bpffs)
+            .output()
+            .expect("viking");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dead = refusing(8108).to_string();
+    let (ok, _, err) = viking(&[
+        "service",
+        "add",
+        "web",
+        "--frontend",
+        "127.0.0.1:7606",
+        "--backend",
+        &dead,
+        "--eject-after",
+        "2",
+        "--eject-backoff-ms",
+        "0",
+    ]);
+    assert!(!ok, "a zero backoff is refused");
+    assert!(err.contains("ejection") && err.contains("backoff_ms = 0"), "{err}");
+    assert!(t.table().list().unwrap().is_empty(), "nothing was installed");
+
+    let live = b[0].addr.to_string();
+    let (ok, _, err) = viking(&[
+        "service",
+        "add",
+        "web",
+        "--frontend",
+        "127.0.0.1:7606",
+        "--backend",
+        &live,
+        "--backend",
+        &dead,
+        "--eject-after",
+        "2",
+        "--eject-backoff-ms",
+        "30000",
+    ]);
+    assert!(ok, "{err}");
+    for _ in 0..30 {
+        probe(&t, &["tcp", "127.0.0.1:7606"]);
+        if t.table().list().unwrap()[0].ejections > 0 {
+            break;
+        }
+    }
+    let (ok, table, err) = viking(&["services"]);
+    assert!(ok, "{err}");
+    assert!(table.contains("EJECTIONS") && table.contains("1/2 in rotation"), "{table}");
+    assert!(table.contains(&format!("-> {dead}")), "{table}");
+    assert!(table.contains("ejected 30.0s") || table.contains("ejected 29."), "{table}");
+    assert!(table.contains("stale sockets ended: 0 udp, 0 tcp"), "{table}");
+    let (ok, json, _) = viking(&["services", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["ejections"], 1);
+    assert_eq!(v[0]["ejection"]["after"], 2);
+    assert_eq!(v[0]["backends"][1]["health"], "ejected");
 }
