@@ -109,14 +109,10 @@ pub const MAX_STALE: u32 = 4096;
 
 /// Indexes of the `FLAGS` array.
 pub mod flags {
-    /// Set by connect4 when the kernel refused to set the socket's sock_ops callbacks from
-    /// connect() (TCP_BPF_SOCK_OPS_CB_FLAGS, added in 2024): sock_ops then does it at
-    /// TCP_CONNECT_CB.
-    pub const CONNECT_CB: u32 = 0;
     /// Set by the agent when sockets of an older agent (tracked in SOCK_BACKEND and REVNAT
     /// only) may still be open.
-    pub const LEGACY: u32 = 1;
-    pub const COUNT: u32 = 2;
+    pub const LEGACY: u32 = 0;
+    pub const COUNT: u32 = 1;
 }
 
 /// Indexes of the `ENDED` counters.

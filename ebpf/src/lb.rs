@@ -103,12 +103,21 @@ fn pick(svc: &ServiceValue) -> Option<Backend> {
         }
         _ => rand() % count,
     };
+    let now = health::now();
+    if svc.algo != algo::LEAST_CONN {
+        // The usual case: the algorithm's choice is in rotation; no scan.
+        let first = backend(svc.set, start)?;
+        if health::eligible(first.id, now) {
+            health::claim(first.id, now);
+            return Some(first);
+        }
+    }
     let mut scan = Scan {
         set: svc.set,
         count,
         start,
         least: u32::from(svc.algo == algo::LEAST_CONN),
-        now: health::now(),
+        now,
         best_slot: u32::MAX,
         _pad: 0,
         best_score: u64::MAX,

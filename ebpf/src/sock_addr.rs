@@ -2,7 +2,7 @@
 //! a backend, and make getpeername/recvmsg report the ambassador address back.
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval, bpf_setsockopt},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
     EbpfContext as _,
 };
@@ -14,13 +14,9 @@ use viking_common::{
 use crate::{
     health,
     lb::{count, select, Verdict},
-    maps::{flag, FLAGS, REVNAT, SOCKS},
+    maps::{flag, REVNAT, SOCKS},
 };
 
-const SOL_TCP: i32 = 6;
-/// Sets a TCP socket's sock_ops callback flags from any program that may call setsockopt
-/// (added to Linux in 2024; older kernels refuse it).
-const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
 /// The callbacks a redirected TCP socket asks for: state changes (established, closed) and
 /// retransmission timeouts (a SYN unanswered).
 pub const SOCK_CALLBACKS: u32 = BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
@@ -123,32 +119,10 @@ pub fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
             // NB: a UDP socket connected again keeps one state, the latest.
             // SAFETY: this socket's own storage; the socket is locked during connect().
             unsafe { *p = st };
-            if proto == PROTO_TCP {
-                ask_callbacks(ctx);
-            }
+            // NB: the socket's sock_ops callbacks are asked for at TCP_CONNECT_CB (sock_ops.rs),
+            // not here with bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS): asked here, they would
+            // start before the socket enters SYN_SENT and cost one more sock_ops run.
             Ok(ALLOW)
-        }
-    }
-}
-
-/// Asks for the sock_ops callbacks of this socket alone, so that sockets Viking did not
-/// redirect get none. Where the kernel refuses (a kernel from before 2024), sock_ops asks at
-/// TCP_CONNECT_CB instead (`flags::CONNECT_CB`).
-#[inline(always)]
-fn ask_callbacks(ctx: &SockAddrContext) {
-    let mut val = SOCK_CALLBACKS as i32;
-    // SAFETY: the program's own context, a 4-byte value on the stack.
-    let r = unsafe {
-        bpf_setsockopt(ctx.as_ptr(), SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, (&raw mut val).cast(), 4)
-    };
-    if r != 0 {
-        if let Some(p) = FLAGS.get_ptr_mut(flags::CONNECT_CB) {
-            // SAFETY: an array slot; every writer writes 1.
-            unsafe {
-                if *p == 0 {
-                    *p = 1;
-                }
-            }
         }
     }
 }

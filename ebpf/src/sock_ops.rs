@@ -3,8 +3,9 @@
 //!
 //! The kernel runs this program for every TCP socket of the cgroup at a few fixed points
 //! (timeout and window init, ECN, TCP_CONNECT_CB, ESTABLISHED); the per-socket callbacks
-//! (state changes, retransmission timeouts) only for sockets that asked. connect() asks for
-//! them on the sockets it redirected, so every other socket costs an early return here.
+//! (state changes, retransmission timeouts) only for sockets that asked. Only the sockets
+//! connect() redirected ask (at TCP_CONNECT_CB), so every other socket costs an early return
+//! here (and one storage lookup that finds nothing at TCP_CONNECT_CB).
 //!
 //! - ESTABLISHED: counted active; the backend answered (health).
 //! - RTO while in SYN_SENT: the SYN went unanswered (health).
@@ -66,8 +67,9 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, i32> {
                 health::failed(st);
             }
         }
-    } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB && flag(flags::CONNECT_CB) {
-        // The kernel would not let connect() ask for the callbacks (a kernel from before 2024).
+    } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        // A socket connect() redirected asks for its own callbacks; on the others the lookup
+        // finds no storage (one pointer test in the kernel) and nothing more happens.
         if state(ctx).is_some() {
             let _ = ctx.set_cb_flags((ctx.cb_flags() | SOCK_CALLBACKS) as i32);
         }

@@ -655,13 +655,6 @@ impl ServiceTable {
         }
     }
 
-    /// Whether sock_ops had to ask for a socket's callbacks at TCP_CONNECT_CB because the
-    /// kernel refused it from connect() (a kernel from before 2024): every TCP connect of the cgroup
-    /// then pays a socket-storage lookup there.
-    pub fn callbacks_from_sock_ops(&self) -> Result<bool> {
-        Ok(self.flags.get(&flags::CONNECT_CB, 0).map_err(op(maps::FLAGS))? != 0)
-    }
-
     /// Sockets ended so far, and whether this kernel can.
     pub fn ended(&self) -> Result<EndedSockets> {
         let get = |i| self.ended.get(&i, 0).map_err(op(maps::ENDED));

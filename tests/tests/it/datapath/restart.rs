@@ -121,3 +121,28 @@ fn two_agents_on_one_kernel_do_not_see_each_other() {
     assert_eq!(dp2.table.list().unwrap()[0].conns, 20);
     drop((dp2, bpf2, cg2));
 }
+
+#[test]
+fn pins_of_an_agent_without_the_newer_maps_keep_serving_after_an_upgrade() {
+    let mut t = Topo::new();
+    let b = t.tcp_backends(8000);
+    t.service("127.0.0.1:7310", Proto::Tcp, Algo::Random, &[b[0].addr]);
+    // What an agent from before socket storage, per-port counts and health left pinned.
+    drop(t.datapath.take());
+    let maps = maps_dir(&t.bpf.path);
+    use viking_common::maps::*;
+    for name in [SOCKS, PORTS, HEALTH_CONFIG, SERVICE_HEALTH, BACKEND_HEALTH, STALE, FLAGS, ENDED] {
+        std::fs::remove_file(maps.join(name)).unwrap();
+    }
+    for link in ["end_udp", "end_tcp"] {
+        std::fs::remove_file(t.bpf.path.join("links").join(link)).unwrap();
+    }
+    // The upgraded agent recounts what the new programs read before they attach: the
+    // service's port is known, its connects are redirected at once.
+    t.datapath = Some(viking::datapath::Datapath::start(&t.config()).unwrap());
+    let conns = t.probe(&["tcp", "127.0.0.1:7310", "20"]);
+    assert!(conns.iter().all(|c| c.backend() == Some("b1")), "{conns:?}");
+    let status = t.table().list().unwrap();
+    assert_eq!(status[0].conns, 20);
+    assert_eq!(status[0].backends[0].active, 0, "closed connections are uncounted");
+}
