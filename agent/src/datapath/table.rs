@@ -376,7 +376,7 @@ impl ServiceTable {
         if let Some(old) = existing {
             self.retired.push((Instant::now(), old.set, old.count));
         }
-        let departed: Vec<SocketAddr> = keep.keys().copied().collect();
+        let departed: Vec<(SocketAddr, u32)> = keep.iter().map(|(a, b)| (*a, *b)).collect();
         for (_, bid) in keep {
             self.backend_ids.release(bid);
         }
@@ -417,7 +417,8 @@ impl ServiceTable {
         let end_tcp = self.health_config.get(&old.id, 0).map(|c| c.end_tcp != 0).unwrap_or(false);
         self.services.remove(&key).map_err(op(maps::SERVICES))?;
         // The service is gone for readers: what it held is given back whatever fails below.
-        let departed: Vec<SocketAddr> = backends.iter().map(backend_addr).collect();
+        let departed: Vec<(SocketAddr, u32)> =
+            backends.iter().map(|b| (backend_addr(b), b.id)).collect();
         for b in backends {
             self.backend_ids.release(b.id);
         }
@@ -616,8 +617,19 @@ impl ServiceTable {
     /// Ends the sockets of service `id` still pinned to backends that left it: connected UDP
     /// always, TCP if `tcp`. A failure is counted (`ended().failed_sweeps`) and logged; the
     /// service change it follows stands.
-    fn end_sockets(&mut self, id: u32, departed: &[SocketAddr], tcp: bool) {
-        if departed.is_empty() || !self.sweeper.available() {
+    fn end_sockets(&mut self, id: u32, departed: &[(SocketAddr, u32)], tcp: bool) {
+        if !self.sweeper.available() {
+            return;
+        }
+        // NB: a backend no connection was ever sent to has no socket to end; skipping it keeps
+        // a registration churning without traffic from walking every namespace's sockets.
+        let used = |bid: u32| self.total.get(&bid, 0).map(|v| v.iter().sum::<u64>() > 0);
+        let departed: Vec<SocketAddr> = departed
+            .iter()
+            .filter(|(_, bid)| used(*bid).unwrap_or(true))
+            .map(|(a, _)| *a)
+            .collect();
+        if departed.is_empty() {
             return;
         }
         let keys: Vec<StaleKey> = departed

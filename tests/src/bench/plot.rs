@@ -283,7 +283,8 @@ fn failover(r: &Report, file: &Path) -> anyhow::Result<PathBuf> {
     let root = SVGBackend::new(file, (W, 2 * H)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let panels = root.split_evenly((2, 2));
-    let rows: [(&str, fn(&super::failover::FailoverDetail) -> &Vec<u32>); 2] = [
+    type Pick = fn(&super::failover::FailoverDetail) -> &Vec<u32>;
+    let rows: [(&str, Pick); 2] = [
         ("completed connections per 100 ms", |d| &d.ok_per_100ms),
         ("failed connects per 100 ms", |d| &d.failed_per_100ms),
     ];
