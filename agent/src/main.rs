@@ -132,9 +132,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Remove a deployed stack.
+    /// Remove a deployed stack (refused while other stacks link to it, unless --force).
     Rm {
         stack: String,
+        /// Remove it even though other stacks link to it: their links keep their ambassador
+        /// ports and refuse connections until it is deployed again.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -155,12 +159,16 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Run a non-daemonized job here with stdin and stdout attached: `echo hi | viking run S/J`.
+    /// Run a job that runs to completion where the scheduler places it, with stdin and
+    /// stdout attached, and exit with its code: `echo hi | viking run S/J`.
     Run {
         target: String,
-        /// The cgroup the job runs below (the agent's, so its links work; default: the v2 root).
-        #[arg(long, env = "VIKING_CGROUP")]
-        cgroup: Option<PathBuf>,
+        /// Run it on this host only (seed 003).
+        #[arg(long = "viking-host")]
+        host: Option<String>,
+        /// Run it on a host with this tag (repeat for more; seed 003).
+        #[arg(long = "viking-filter")]
+        filter: Vec<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -314,15 +322,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Ps { stack, json, api } => {
             cli::instances::ps(&api.client()?, stack.as_deref(), json).await
         }
-        Command::Run { target, cgroup, api } => {
-            let cgroup = match cgroup {
-                Some(c) => c,
-                None => mounts::cgroup2_root()?,
-            };
-            let code = cli::instances::run(&api.client()?, &target, cgroup).await?;
+        Command::Run { target, host, filter, api } => {
+            let code =
+                cli::instances::run(&api.client()?, &target, host.as_deref(), &filter).await?;
             std::process::exit(code)
         }
-        Command::Rm { stack, api } => cli::stacks::remove(&api.client()?, &stack).await,
+        Command::Rm { stack, force, api } => {
+            cli::stacks::remove(&api.client()?, &stack, force).await
+        }
         Command::Stacks { json, api } => cli::stacks::list(&api.client()?, json).await,
         Command::Env { target, json, api } => cli::stacks::env(&api.client()?, &target, json).await,
         Command::Config(ConfigCmd::Export { dir, api }) => {

@@ -73,6 +73,36 @@ impl ApiClient {
         self.send(self.http.post(&url).json(body), &url).await
     }
 
+    /// `POST path?query` asking to switch the connection to `protocol`; the switched
+    /// connection.
+    pub async fn upgrade<Q: Serialize>(
+        &self,
+        path: &str,
+        query: &Q,
+        protocol: &str,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let res = self
+            .http
+            .post(&url)
+            .query(query)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let status = res.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let message = match res.json::<ApiErrorBody>().await {
+                Ok(b) => b.error,
+                Err(_) => status.canonical_reason().unwrap_or("error").to_owned(),
+            };
+            return Err(ClientError::Refused { status: status.as_u16(), message });
+        }
+        res.upgrade().await.map_err(|source| ClientError::Bad { url, source })
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         let url = format!("{}{path}", self.base);
         self.send::<serde_json::Value>(self.http.delete(&url), &url).await.map(|_| ())

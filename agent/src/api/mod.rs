@@ -3,6 +3,7 @@
 //! Any node answers; writes on a node that does not lead are forwarded once to the leader.
 //! Every route but `/v1/health` needs `Authorization: Bearer <token>` (`token`).
 pub mod client;
+pub mod run;
 pub mod server;
 pub mod token;
 
@@ -20,6 +21,9 @@ pub struct DeployRequest {
     pub text: String,
     #[serde(default)]
     pub dry_run: bool,
+    /// The `build:` context of each job that has one: a tar (`deploy::context::pack`), base64.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub contexts: std::collections::BTreeMap<String, String>,
 }
 
 /// One job record, for `viking config export|apply`.

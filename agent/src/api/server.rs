@@ -17,7 +17,7 @@ use super::{ApiErrorBody, DeployRequest, JobFile, JobRun, LeaderInfo};
 use crate::{
     cluster::leader,
     deploy::{DeployError, Deployer, JobRecord},
-    stack::{plan::PlanError, Stack},
+    stack::Stack,
     store::Store,
 };
 
@@ -33,6 +33,8 @@ pub struct ApiState<S: Store> {
     /// Whether this node leads now (from its election task).
     pub leading: watch::Receiver<bool>,
     pub http: reqwest::Client,
+    /// What runs `viking run` jobs placed on this host (the agent's runtime).
+    pub runner: Option<std::sync::Arc<dyn super::run::Runner>>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
@@ -48,7 +50,12 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
         .route("/v1/config", get(config::<S>).post(apply::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), to_leader::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
-    Router::new().route("/v1/health", get(health::<S>)).merge(authed).with_state(state)
+    // NB: a run writes nothing: any node places it, and it streams, so it is not forwarded
+    // to the leader as a write is.
+    let runs = Router::new()
+        .route("/v1/run/{stack}/{job}", post(super::run::run::<S>))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
+    Router::new().route("/v1/health", get(health::<S>)).merge(authed).merge(runs).with_state(state)
 }
 
 /// An error answer: a status and a message for a person.
@@ -63,14 +70,19 @@ impl IntoResponse for ApiError {
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         let status = match &e {
-            DeployError::Stack(_) | DeployError::Plan(PlanError::Stack(_)) => {
-                StatusCode::BAD_REQUEST
-            }
+            DeployError::Stack(_) => StatusCode::BAD_REQUEST,
             DeployError::NotFound(_) => StatusCode::NOT_FOUND,
-            DeployError::Conflict(_) => StatusCode::CONFLICT,
-            DeployError::Control(crate::cluster::ClusterError::PortsExhausted { .. }) => {
+            DeployError::Conflict(_)
+            | DeployError::Dependents { .. }
+            | DeployError::NotPlanned(_) => StatusCode::CONFLICT,
+            DeployError::Cluster(crate::cluster::ClusterError::PortsExhausted { .. }) => {
                 StatusCode::INSUFFICIENT_STORAGE
             }
+            // NB: a retry cannot help a request over the store's limits.
+            DeployError::Store(crate::store::StoreError::Limit { .. })
+            | DeployError::Cluster(crate::cluster::ClusterError::Store(
+                crate::store::StoreError::Limit { .. },
+            )) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self(status, e.to_string())
@@ -198,9 +210,22 @@ async fn deploy<S: Store>(
     State(st): State<Shared<S>>,
     Json(req): Json<DeployRequest>,
 ) -> Result<Response, ApiError> {
-    let stack = Stack::from_text(std::path::Path::new(&req.file), &req.text, &req.name)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let plan = st.deployer.deploy(&stack, req.dry_run).await?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let mut stack = Stack::from_text(std::path::Path::new(&req.file), &req.text, &req.name)
+        .map_err(|e| bad(e.to_string()))?;
+    // Each `build:` context: decoded, named by its hash, the hash kept in the job's record.
+    let mut contexts = crate::deploy::planner::Contexts::new();
+    for pj in stack.jobs.iter_mut().filter(|pj| pj.job.build.is_some()) {
+        let Some(b64) = req.contexts.get(&pj.job.name) else { continue };
+        use base64::Engine as _;
+        let tar = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| {
+            bad(format!("{}: {}.build: the context is not base64: {e}", req.file, pj.job.name))
+        })?;
+        let hash = crate::deploy::context::hash(&tar);
+        pj.job.build_hash = Some(hash.clone());
+        contexts.insert(hash, tar);
+    }
+    let plan = st.deployer.deploy(&stack, &contexts, req.dry_run).await?;
     Ok(Json(plan).into_response())
 }
 
@@ -208,15 +233,19 @@ async fn stacks<S: Store>(State(st): State<Shared<S>>) -> Result<Response, ApiEr
     Ok(Json(st.deployer.stacks().await?).into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 async fn remove<S: Store>(
     State(st): State<Shared<S>>,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RemoveQuery>,
 ) -> Result<Response, ApiError> {
-    if st.deployer.remove(&name).await? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError(StatusCode::NOT_FOUND, format!("stack {name} is not deployed")))
-    }
+    st.deployer.remove(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn env<S: Store>(
@@ -230,13 +259,9 @@ async fn job<S: Store>(
     State(st): State<Shared<S>>,
     Path((stack, job)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let mut env = st.deployer.env(&stack, &job).await?;
-    let records = st.deployer.records().await?;
-    let Some(j) = records.jobs.get(&(stack.clone(), job.clone())) else {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("stack {stack} has no job {job}")));
-    };
+    let (j, mut env) = st.deployer.job(&stack, &job).await?;
     env.extend(j.env.clone());
-    Ok(Json(JobRun { stack, job: j.clone(), env }).into_response())
+    Ok(Json(JobRun { stack, job: j, env }).into_response())
 }
 
 #[derive(serde::Deserialize)]

@@ -16,7 +16,7 @@ use viking::{
     deploy::Deployer,
     discovery,
     runtime::{docker::DockerRuntime, exec::ExecRuntime, AnyRuntime, RuntimeConfig, RuntimeKind},
-    store::{self, EtcdOptions, Store, StoreSpec},
+    store::{self, EtcdOptions, LeaderKey, Store, StoreSpec},
 };
 
 pub struct AgentConfig {
@@ -71,23 +71,31 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
+    // NB: an API bound to every address is reached on this host's address.
+    let advertised = if cfg.api.ip().is_unspecified() {
+        std::net::SocketAddr::new(cfg.address, cfg.api.port())
+    } else {
+        cfg.api
+    };
     let info = HostInfo {
-        name: cfg.node.clone(),
-        address: cfg.address,
         tags: cfg.tags.clone(),
-        capacity: Default::default(),
-        overlay_subnet: None,
+        api: Some(advertised.to_string()),
+        runtime: Some(match cfg.runtime {
+            RuntimeKind::Docker => "docker".into(),
+            RuntimeKind::Exec => "exec".into(),
+        }),
         load: membership::loadavg().unwrap_or(0),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        ..HostInfo::new(cfg.node.clone(), cfg.address)
     };
     let member = cluster::membership::join(&store, info.clone(), membership::DEFAULT_TTL)
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
-    let leading =
-        elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: cfg.api.to_string() });
+    let (leading, leader_key) =
+        elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: advertised.to_string() });
 
     let runtime = open_runtime(&cfg)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
@@ -98,6 +106,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         node: cfg.node.clone(),
         leading: leading.clone(),
         http: reqwest::Client::new(),
+        runner: Some(Arc::new(runtime.clone())),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await
@@ -112,6 +121,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         store.clone(),
         deployer,
         Addresses::new(store.clone(), cluster::addresses::default_pool()),
+        leader_key,
     );
     tokio::spawn(membership::report_load(store.clone(), info, member.lease_watch(), stop.clone()));
     let placement = tokio::spawn(control::placement::run(placer, leading.clone(), stop.clone()));
@@ -121,7 +131,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cfg.node.clone(),
         member.lease_watch(),
         containers_tx,
-    );
+    )
+    .keep_completed_in(cfg.data_dir.join("completed.json"));
     reconciler.host_routes = matches!(runtime, AnyRuntime::Exec(_));
     reconciler.host_netns = cfg.host_netns.clone();
     let reconcile = tokio::spawn(reconciler.run(stop.clone(), cfg.drain));
@@ -130,7 +141,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         datapath,
         cfg.ambassador,
         DEFAULT_PORT_RANGE,
-        Algo::Random,
+        Algo::default(),
         containers,
         stop,
     ));
@@ -157,18 +168,24 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Campaigns for leadership for as long as the agent runs; the receiver says whether this
-/// node leads right now.
-fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
+/// Campaigns for leadership for as long as the agent runs; the receivers say whether this
+/// node leads right now, and with which leader key (what its writes are fenced by).
+fn elect<S: Store>(
+    store: S,
+    me: LeaderInfo,
+) -> (watch::Receiver<bool>, watch::Receiver<Option<LeaderKey>>) {
     let (tx, rx) = watch::channel(false);
+    let (key_tx, key_rx) = watch::channel(None);
     let value = serde_json::to_string(&me).unwrap_or_default();
     tokio::spawn(async move {
         loop {
             match cluster::campaign(&store, &value, cluster::leader::DEFAULT_TTL).await {
                 Ok(leadership) => {
+                    let _ = key_tx.send(Some(leadership.key().clone()));
                     let _ = tx.send(true);
                     leadership.lost().await;
                     let _ = tx.send(false);
+                    let _ = key_tx.send(None);
                     tracing::warn!(node = %me.node, "no longer leading");
                 }
                 Err(e) => {
@@ -178,7 +195,7 @@ fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
             }
         }
     });
-    rx
+    (rx, key_rx)
 }
 
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<()> {

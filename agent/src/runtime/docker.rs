@@ -614,8 +614,8 @@ impl Runtime for DockerRuntime {
         self.inner.notify.clone()
     }
 
-    async fn run_attached(&self, spec: &InstanceSpec) -> Result<i32> {
-        self.run_with_io(spec, tokio::io::stdin(), tokio::io::stdout(), tokio::io::stderr()).await
+    async fn run_attached(&self, spec: &InstanceSpec, io: super::RunIo) -> Result<i32> {
+        self.run_with_io(spec, io.stdin, io.stdout, io.stderr).await
     }
 }
 

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::names::Link;
-use crate::datapath::Proto;
+use crate::datapath::{Algo, Proto};
 
 /// A container port a job listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -60,6 +60,9 @@ pub struct Job {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
+    /// The SHA-256 of the `build:` context as deployed (`deploy::context`): set by the deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_hash: Option<String>,
     /// argv; a string command in a stack file becomes `["/bin/sh", "-c", it]` as in Docker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
@@ -87,6 +90,9 @@ pub struct Job {
     /// Not restarted on new code pushes.
     #[serde(rename = "static")]
     pub is_static: bool,
+    /// How connections through links to this job are balanced (default: round robin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<Algo>,
 }
 
 impl Job {
@@ -96,6 +102,7 @@ impl Job {
             name: name.into(),
             image: None,
             build: None,
+            build_hash: None,
             command: Vec::new(),
             ports: Vec::new(),
             volumes: Vec::new(),
@@ -108,6 +115,7 @@ impl Job {
             daemonize: false,
             fixed: false,
             is_static: false,
+            balance: None,
         }
     }
 }
