@@ -44,7 +44,7 @@ pub struct AgentConfig {
     pub host_netns: Option<PathBuf>,
 }
 
-fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
+fn open_runtime<S: Store>(cfg: &AgentConfig, store: &S) -> anyhow::Result<AnyRuntime> {
     let rc = RuntimeConfig {
         node: cfg.node.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -56,11 +56,13 @@ fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
         RuntimeKind::Exec => AnyRuntime::Exec(
             ExecRuntime::new(rc, &cfg.run_dir).context("preparing the exec runtime")?,
         ),
-        RuntimeKind::Docker => {
-            AnyRuntime::Docker(DockerRuntime::connect(rc, &cfg.docker_socket).with_context(
-                || format!("connecting to docker at {}", cfg.docker_socket.display()),
-            )?)
-        }
+        RuntimeKind::Docker => AnyRuntime::Docker(
+            DockerRuntime::connect(rc, &cfg.docker_socket)
+                .with_context(|| {
+                    format!("connecting to docker at {}", cfg.docker_socket.display())
+                })?
+                .with_contexts(Arc::new(store.clone())),
+        ),
     })
 }
 
@@ -97,7 +99,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let (leading, leader_key) =
         elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: advertised.to_string() });
 
-    let runtime = open_runtime(&cfg)?;
+    let runtime = open_runtime(&cfg, &store)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
     let state = Arc::new(ApiState {
         deployer: deployer.clone(),

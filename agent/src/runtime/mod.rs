@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::stack::Port;
 
 pub mod any;
+pub mod build;
 pub mod docker;
 pub mod error;
 pub mod exec;
