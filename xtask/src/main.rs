@@ -45,6 +45,9 @@ enum Command {
         /// Also write the results as JSON to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<std::path::PathBuf>,
+        /// Also draw the results as SVG charts into DIR (docs/bench beside docs/benchmarks.md).
+        #[arg(long, value_name = "DIR")]
+        svg: Option<std::path::PathBuf>,
         /// A shorter run: fewer services, shorter iperf3 runs.
         #[arg(long)]
         quick: bool,
@@ -88,7 +91,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             demo::Options::default()
         }),
-        Command::Bench { which, json, quick } => bench::run(&which, json, quick),
+        Command::Bench { which, json, svg, quick } => bench::run(&which, json, svg, quick),
         Command::Fuzz { targets, time, keep } => {
             setup::run()?;
             fuzz::run(&fuzz::Options { targets, seconds: time, keep })

@@ -33,6 +33,12 @@ pub enum DatapathError {
     IdsExhausted(&'static str),
     #[error("service name {0:?} is longer than {max} bytes", max = viking_common::SERVICE_NAME_LEN)]
     NameTooLong(String),
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {source}")]
+    Btf { source: aya::BtfError },
+    #[error("service {service}: ejection: {reason}")]
+    BadEjection { service: String, reason: String },
+    #[error("ending sockets pinned to departed backends: {0}")]
+    Sweep(String),
 }
 
 impl DatapathError {

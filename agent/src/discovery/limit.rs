@@ -78,6 +78,8 @@ mod tests {
             },
             algo: crate::datapath::Algo::Random,
             backends: got,
+            ejection: Default::default(),
+            end_tcp: false,
         };
         let (capped, left_out) = cap(&spec);
         assert_eq!((capped.backends.len(), left_out), (MAX, 500));

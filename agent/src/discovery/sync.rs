@@ -63,6 +63,8 @@ pub fn desired(
                     .filter(|(b, _)| b.is_ipv4() == ambassador.is_ipv4() || ambassador.is_ipv6()),
             );
             out.push(ServiceSpec {
+                ejection: Default::default(),
+                end_tcp: false,
                 name: fit_name(&match a.variant {
                     None => format!("{}:{}", a.service, a.port),
                     Some(v) => format!("{}:{}@{v}", a.service, a.port),
