@@ -142,6 +142,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
+    let store_health = store.health();
     let store = metrics::Measured::new(store);
     let address = host_address(&cfg).await?;
     let prepared = overlay::prepare(
@@ -204,6 +205,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             tls: tls.is_some(),
             started: std::time::Instant::now(),
         }),
+        store_health,
         runner: Some(Arc::new(runtime.clone())),
     });
     let listener = std::net::TcpListener::bind(cfg.api)

@@ -10,6 +10,7 @@ mod docker_agent;
 mod embassy;
 mod ops;
 mod overlay;
+mod robust;
 mod runtime_docker;
 mod stacks;
 mod store;
