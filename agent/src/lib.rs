@@ -11,3 +11,4 @@ pub mod netlink;
 pub mod runtime;
 pub mod stack;
 pub mod store;
+pub mod vpc;
