@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub drain: bool,
     /// The host's network namespace, when the agent runs outside it.
     pub host_netns: Option<PathBuf>,
+    /// The VPC policy folder (`--vpc-rules`); `None`: no filter.
+    pub vpc_rules: Option<PathBuf>,
+    pub vpc_attach: viking::vpc::AttachMode,
 }
 
 fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
@@ -89,6 +92,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let leading =
         elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: cfg.api.to_string() });
 
+    let (stop_tx, stop) = watch::channel(false);
+    let vpc = start_vpc(&cfg, &store, stop.clone()).await;
+
     let runtime = open_runtime(&cfg)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
     let state = Arc::new(ApiState {
@@ -102,11 +108,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await
         .with_context(|| format!("binding the API to {}", cfg.api))?;
-    let server =
-        tokio::spawn(async move { axum::serve(listener, api::server::router(state)).await });
+    let app = api::server::router(state.clone())
+        .merge(api::server::local(state, viking::vpc::api::router(vpc)));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
     tracing::info!(node = %cfg.node, api = %cfg.api, store = %store.describe(), "agent running");
 
-    let (stop_tx, stop) = watch::channel(false);
     let (containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
     let placer = Placer::new(
         store.clone(),
@@ -157,6 +163,36 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The VPC filter, when `--vpc-rules` is given; without it, an earlier agent's filter is taken
+/// off the host.
+async fn start_vpc<S: Store>(
+    cfg: &AgentConfig,
+    store: &S,
+    stop: watch::Receiver<bool>,
+) -> Option<viking::vpc::VpcHandle> {
+    let state_dir = cfg.run_dir.join("vpc");
+    let Some(rules_dir) = cfg.vpc_rules.clone() else {
+        let bpffs = cfg.datapath.bpffs.clone();
+        match viking::vpc::remove_if_present(bpffs, cfg.host_netns.clone(), state_dir).await {
+            Ok(true) => tracing::info!("VPC filter removed: the agent runs without --vpc-rules"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "removing the VPC filter of an earlier agent"),
+        }
+        return None;
+    };
+    let settings = viking::vpc::VpcSettings {
+        rules_dir,
+        overlay_port: viking::vpc::DEFAULT_OVERLAY_PORT,
+        attach: cfg.vpc_attach,
+        host_netns: cfg.host_netns.clone(),
+        bpffs: cfg.datapath.bpffs.clone(),
+        state_dir,
+        tags: cfg.tags.clone(),
+        address: cfg.address,
+    };
+    Some(viking::vpc::start(settings, store.clone(), stop).await)
+}
+
 /// Campaigns for leadership for as long as the agent runs; the receiver says whether this
 /// node leads right now.
 fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
@@ -182,6 +218,9 @@ fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
 }
 
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<()> {
+    // NB: before the pins go: clsact filters of the VPC are found by name (TCX links go with
+    // their pins).
+    viking::vpc::attach::remove(&viking::vpc::attach::Dirs::new(bpffs))?;
     Datapath::remove(bpffs)?;
     tracing::info!(bpffs = %bpffs.display(), "datapath removed");
     Ok(())

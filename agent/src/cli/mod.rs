@@ -7,3 +7,4 @@ pub mod services;
 pub mod stacks;
 pub mod store_args;
 pub mod table;
+pub mod vpc;

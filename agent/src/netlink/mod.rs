@@ -15,6 +15,7 @@ use rtnetlink::{
     Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
+pub mod links;
 pub mod routes;
 
 /// The routing protocol number Viking's routes carry, so they can be told from others.
