@@ -129,7 +129,10 @@ pub fn format_status(st: &VpcStatus) -> String {
     if let Some(e) = &st.error {
         out.push_str(&format!(
             "NOT APPLIED ({}, {}): {}\n",
-            serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            serde_json::to_value(e.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             ago(e.at),
             e.message
         ));
@@ -138,7 +141,9 @@ pub fn format_status(st: &VpcStatus) -> String {
     let ifaces: Vec<Vec<String>> = st
         .interfaces
         .iter()
-        .map(|i| vec![i.name.clone(), i.ifindex.to_string(), i.attach.to_string(), i.default.to_string()])
+        .map(|i| {
+            vec![i.name.clone(), i.ifindex.to_string(), i.attach.to_string(), i.default.to_string()]
+        })
         .collect();
     out.push_str(&render(&["INTERFACE", "INDEX", "ATTACH", "DEFAULT"], &ifaces));
     out.push('\n');
@@ -165,10 +170,7 @@ pub fn format_status(st: &VpcStatus) -> String {
             ]
         })
         .collect();
-    out.push_str(&render(
-        &["ID", "WHERE", "PASSED", "BYTES", "DROPPED", "BYTES", "RULE"],
-        &rules,
-    ));
+    out.push_str(&render(&["ID", "WHERE", "PASSED", "BYTES", "DROPPED", "BYTES", "RULE"], &rules));
     out.push('\n');
     let members: Vec<String> = st.members.iter().map(ToString::to_string).collect();
     out.push_str(&format!("members ({}): {}\n", members.len(), members.join(", ")));
@@ -177,8 +179,7 @@ pub fn format_status(st: &VpcStatus) -> String {
 }
 
 pub async fn status(client: &ApiClient, json: bool) -> anyhow::Result<()> {
-    let st: VpcStatus =
-        client.get("/v1/vpc").await?.context("the agent sent no VPC status")?;
+    let st: VpcStatus = client.get("/v1/vpc").await?.context("the agent sent no VPC status")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {

@@ -1,6 +1,11 @@
 //! The filter's routes on the agent's API. They answer for this host only (a follower never
 //! forwards them to the leader): `GET /v1/vpc` (status), `POST /v1/vpc/reload`.
-use axum::{extract::State, http::StatusCode, routing::{get, post}, Json, Router};
+use axum::{
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+    Json, Router,
+};
 
 use super::{
     run::VpcHandle,

@@ -179,9 +179,8 @@ fn attach_tcx(dirs: &Dirs, iface: &str, ifindex: u32) -> Result<()> {
         let fd: FdLink = link.try_into().map_err(|e| err(format!("{name}: {e}")))?;
         let staged = dirs.links().join(format!("{ifindex}_{suffix}_new"));
         let _ = std::fs::remove_file(&staged);
-        let pinned = fd
-            .pin(&staged)
-            .map_err(|source| VpcError::Pin { path: staged.clone(), source })?;
+        let pinned =
+            fd.pin(&staged).map_err(|source| VpcError::Pin { path: staged.clone(), source })?;
         drop(pinned);
         std::fs::rename(&staged, &pin).map_err(VpcError::io("renaming pin to", &pin))?;
     }

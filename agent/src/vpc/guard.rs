@@ -58,8 +58,9 @@ pub fn check(
         if now.action == Action::Allow {
             continue;
         }
-        let before = running
-            .and_then(|r| r.slot(&link.name).map(|s| r.evaluate(s.slot, 6, port, c.remote.ip(), member)));
+        let before = running.and_then(|r| {
+            r.slot(&link.name).map(|s| r.evaluate(s.slot, 6, port, c.remote.ip(), member))
+        });
         if before.is_some_and(|b| b.action == Action::Deny) {
             continue;
         }
@@ -122,7 +123,10 @@ mod tests {
         let none = BTreeSet::new();
         let o = check(Some(&open), &shut, &[ssh, out], &net, &none);
         assert_eq!(o.len(), 1);
-        assert_eq!(o[0].to_string(), "192.168.50.10:50000 -> 10.0.0.2:22/tcp on eth0 (the default)");
+        assert_eq!(
+            o[0].to_string(),
+            "192.168.50.10:50000 -> 10.0.0.2:22/tcp on eth0 (the default)"
+        );
         // No filter yet: the same.
         assert_eq!(check(None, &shut, &[ssh], &net, &none).len(), 1);
         // Already shut out before: not this policy's doing.

@@ -71,7 +71,8 @@ pub async fn probe(netns: Option<PathBuf>) -> Result<HostNet, VpcError> {
             .build()
             .map_err(VpcError::io("starting a runtime for", "netlink"))?;
         let links = rt.block_on(async { Netlink::connect()?.links().await })?;
-        let conns = sockets::read_own().map_err(VpcError::io("reading", "/proc/thread-self/net"))?;
+        let conns =
+            sockets::read_own().map_err(VpcError::io("reading", "/proc/thread-self/net"))?;
         Ok(HostNet { links, conns })
     })
     .await

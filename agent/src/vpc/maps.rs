@@ -3,12 +3,7 @@
 //! A policy is written whole into the generation the kernel does not read (`stage`), made live
 //! by one update of `VPC_CONFIG.gen` (`flip`), and the old generation is deleted once no
 //! program can still be reading it (`retire`). A packet meets the old policy or the new one.
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::IpAddr, path::Path, time::Duration};
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
@@ -79,7 +74,14 @@ fn policy_key(gen: u8, space: Space, net: &IpNetwork) -> Key<PolicyKey> {
 }
 
 fn cluster_key(gen: u8, space: Space) -> ClusterKey {
-    ClusterKey { gen, slot: space.slot, proto: space.proto, _pad: 0, port: space.port.to_be(), _pad2: 0 }
+    ClusterKey {
+        gen,
+        slot: space.slot,
+        proto: space.proto,
+        _pad: 0,
+        port: space.port.to_be(),
+        _pad2: 0,
+    }
 }
 
 fn rule_ref(rule: u32, action: Action) -> RuleRef {
@@ -108,8 +110,7 @@ pub struct VpcMaps {
 impl VpcMaps {
     /// Opens the maps pinned in `dir` (`<bpffs>/vpc/maps`).
     pub fn open(dir: &Path) -> Result<Self> {
-        let ncpus = aya::util::nr_cpus()
-            .map_err(|(what, e)| VpcError::io("reading", what)(e))?;
+        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| VpcError::io("reading", what)(e))?;
         Ok(Self {
             config: open_map(dir, maps::CONFIG)?.try_into().map_err(VpcError::map(maps::CONFIG))?,
             ifaces: open_map(dir, maps::IFACES)?.try_into().map_err(VpcError::map(maps::IFACES))?,
@@ -143,12 +144,8 @@ impl VpcMaps {
 
     /// Deletes every entry of generation `gen`.
     fn clear_gen(&mut self, gen: u8) -> Result<()> {
-        let keys: Vec<Key<PolicyKey>> = self
-            .policy
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.data().gen == gen)
-            .collect();
+        let keys: Vec<Key<PolicyKey>> =
+            self.policy.keys().filter_map(|k| k.ok()).filter(|k| k.data().gen == gen).collect();
         for k in keys {
             self.policy.remove(&k).map_err(VpcError::map(maps::POLICY))?;
         }

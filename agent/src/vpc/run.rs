@@ -101,7 +101,13 @@ impl VpcHandle {
         st.interfaces = snap.interfaces;
         match VpcMaps::open(&Dirs::new(&s.bpffs).maps()) {
             Ok(maps) => {
-                st.rules = rules.into_iter().map(|r| { let id = r.id; r.with_stats(maps.stats(id)) }).collect();
+                st.rules = rules
+                    .into_iter()
+                    .map(|r| {
+                        let id = r.id;
+                        r.with_stats(maps.stats(id))
+                    })
+                    .collect();
                 st.members = maps.members().into_iter().collect();
                 st.connections = maps.connections();
             }
@@ -136,9 +142,7 @@ impl VpcHandle {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Starts the filter: loads it (keeping what an earlier agent pinned), applies the policy
@@ -322,11 +326,7 @@ impl Loop {
         }
     }
 
-    async fn attempt(
-        &mut self,
-        files: Result<Files, PolicyError>,
-        force: bool,
-    ) -> ReloadAnswer {
+    async fn attempt(&mut self, files: Result<Files, PolicyError>, force: bool) -> ReloadAnswer {
         self.retry_at = None;
         let files = match files {
             Ok(f) => f,
@@ -366,12 +366,23 @@ impl Loop {
                 return self.fail(ErrorKind::Invalid, e.to_string(), Some(fp), Vec::new());
             }
         };
-        if let Some(s) = compiled.slots.iter().find(|s| !net.links.iter().any(|l| l.name == s.iface && l.ether)) {
+        if let Some(s) =
+            compiled.slots.iter().find(|s| !net.links.iter().any(|l| l.name == s.iface && l.ether))
+        {
             let msg = format!(
                 "interface {} is not an Ethernet-type link; the filter reads Ethernet frames",
                 s.iface
             );
             return self.fail(ErrorKind::Invalid, msg, Some(fp), Vec::new());
+        }
+        let unchanged = self.running.as_ref().is_some_and(|r| r.fingerprint() == fp)
+            && self.compiled.as_ref() == Some(&compiled);
+        if unchanged {
+            // The files are the ones in force again (a bad edit undone): nothing to write.
+            self.error = None;
+            self.publish();
+            let msg = format!("unchanged: the policy in force ({fp})");
+            return ReloadAnswer { applied: true, kind: None, message: msg, offenders: Vec::new() };
         }
         let offenders =
             guard::check(self.compiled.as_ref(), &compiled, &net.conns, &net, &self.members);
@@ -415,8 +426,9 @@ impl Loop {
     ) -> Result<(), VpcError> {
         let maps = self.maps.as_mut().ok_or(VpcError::Stopped)?;
         let prev = self.running.clone().unwrap_or_default();
-        let (ids, id_map, fresh) = assign_ids(&c.rules, &prev.ids)?;
-        for id in &fresh {
+        let assigned = assign_ids(&c.rules, &prev.ids)?;
+        let (ids, id_map) = (assigned.ids, assigned.map);
+        for id in &assigned.fresh {
             maps.reset_stats(*id)?;
         }
         let gen = maps.stage(c, &ids)?;
@@ -534,7 +546,9 @@ impl Loop {
         offenders: Vec<Offender>,
     ) -> ReloadAnswer {
         match kind {
-            ErrorKind::Refused => tracing::warn!(%message, "VPC policy refused; the running one stays"),
+            ErrorKind::Refused => {
+                tracing::warn!(%message, "VPC policy refused; the running one stays")
+            }
             _ => tracing::error!(%message, "VPC policy not applied; the running one stays"),
         }
         self.error = Some(ErrorStatus {
@@ -570,9 +584,13 @@ impl Loop {
                         default: s.default,
                     })
                     .collect();
-                if let Ok((ids, _, _)) = assign_ids(&c.rules, &r.ids) {
-                    snap.rules =
-                        c.rules.iter().zip(ids).map(|(info, id)| RuleStatus::policy(id, info)).collect();
+                if let Ok(a) = assign_ids(&c.rules, &r.ids) {
+                    snap.rules = c
+                        .rules
+                        .iter()
+                        .zip(a.ids)
+                        .map(|(info, id)| RuleStatus::policy(id, info))
+                        .collect();
                 }
             }
         }
@@ -580,10 +598,8 @@ impl Loop {
     }
 
     fn sync_members<'a>(&mut self, hosts: impl Iterator<Item = &'a HostInfo>) {
-        let want: BTreeSet<IpAddr> = hosts
-            .map(|h| h.address)
-            .filter(|a| !a.is_loopback() && !a.is_unspecified())
-            .collect();
+        let want: BTreeSet<IpAddr> =
+            hosts.map(|h| h.address).filter(|a| !a.is_loopback() && !a.is_unspecified()).collect();
         if want == self.members {
             return;
         }

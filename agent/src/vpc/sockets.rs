@@ -149,11 +149,36 @@ mod tests {
         let c = connections(&[TCP, TCP6], &[UDP]);
         let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
         let expect = [
-            Conn { proto: SockProto::Tcp, local: sa("10.99.0.2:22"), remote: sa("10.99.0.100:54321"), inbound: true },
-            Conn { proto: SockProto::Tcp, local: sa("10.99.0.2:40000"), remote: sa("10.99.0.3:80"), inbound: false },
-            Conn { proto: SockProto::Tcp, local: sa("[fe80::1]:8080"), remote: sa("[fe80::2]:50000"), inbound: true },
-            Conn { proto: SockProto::Tcp, local: sa("10.99.0.2:8080"), remote: sa("10.99.0.100:50001"), inbound: true },
-            Conn { proto: SockProto::Udp, local: sa("10.99.0.2:53248"), remote: sa("10.99.0.3:53"), inbound: false },
+            Conn {
+                proto: SockProto::Tcp,
+                local: sa("10.99.0.2:22"),
+                remote: sa("10.99.0.100:54321"),
+                inbound: true,
+            },
+            Conn {
+                proto: SockProto::Tcp,
+                local: sa("10.99.0.2:40000"),
+                remote: sa("10.99.0.3:80"),
+                inbound: false,
+            },
+            Conn {
+                proto: SockProto::Tcp,
+                local: sa("[fe80::1]:8080"),
+                remote: sa("[fe80::2]:50000"),
+                inbound: true,
+            },
+            Conn {
+                proto: SockProto::Tcp,
+                local: sa("10.99.0.2:8080"),
+                remote: sa("10.99.0.100:50001"),
+                inbound: true,
+            },
+            Conn {
+                proto: SockProto::Udp,
+                local: sa("10.99.0.2:53248"),
+                remote: sa("10.99.0.3:53"),
+                inbound: false,
+            },
         ];
         for e in expect {
             assert!(c.contains(&e), "{e:?} missing from {c:#?}");

@@ -78,13 +78,21 @@ impl Running {
     }
 }
 
+/// What `assign_ids` gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    /// The kernel id of each rule, in order.
+    pub ids: Vec<u32>,
+    /// Rule identity -> id, to record.
+    pub map: BTreeMap<String, u32>,
+    /// Ids given to rules that had none (their counters start at zero).
+    pub fresh: Vec<u32>,
+}
+
 /// Kernel rule ids for `rules`: a rule keeps the id it had (and its counters); a new one gets
 /// the lowest id that no rule of the running policy holds, so the counters of a removed rule
-/// are not handed on at once. Returns (ids, identity -> id, ids newly given).
-pub fn assign_ids(
-    rules: &[RuleInfo],
-    prev: &BTreeMap<String, u32>,
-) -> Result<(Vec<u32>, BTreeMap<String, u32>, Vec<u32>), VpcError> {
+/// are not handed on at once.
+pub fn assign_ids(rules: &[RuleInfo], prev: &BTreeMap<String, u32>) -> Result<Assigned, VpcError> {
     let mut identities = Vec::with_capacity(rules.len());
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for r in rules {
@@ -93,8 +101,7 @@ pub fn assign_ids(
         *n += 1;
         identities.push(if *n == 1 { base } else { format!("{base}#{n}") });
     }
-    let kept: BTreeSet<u32> =
-        identities.iter().filter_map(|i| prev.get(i).copied()).collect();
+    let kept: BTreeSet<u32> = identities.iter().filter_map(|i| prev.get(i).copied()).collect();
     let held: BTreeSet<u32> = prev.values().copied().collect();
     let mut taken = kept.clone();
     let mut ids = Vec::with_capacity(rules.len());
@@ -122,7 +129,7 @@ pub fn assign_ids(
         ids.push(id);
         map.insert(ident, id);
     }
-    Ok((ids, map, fresh))
+    Ok(Assigned { ids, map, fresh })
 }
 
 #[cfg(test)]
@@ -143,13 +150,13 @@ mod tests {
 
     #[test]
     fn rules_keep_their_ids_and_new_ones_do_not_reuse_removed_ids_at_once() {
-        let (ids, map, fresh) = assign_ids(&[rule("a"), rule("b"), rule("a")], &BTreeMap::new())
-            .unwrap();
+        let Assigned { ids, map, fresh } =
+            assign_ids(&[rule("a"), rule("b"), rule("a")], &BTreeMap::new()).unwrap();
         assert_eq!(ids, vec![FIRST_RULE, FIRST_RULE + 1, FIRST_RULE + 2]);
         assert_eq!(fresh, ids);
         // "b" removed, "c" added, the duplicate "a" stays: "c" does not get b's id.
-        let (ids2, _, fresh2) = assign_ids(&[rule("c"), rule("a"), rule("a")], &map).unwrap();
-        assert_eq!(ids2, vec![FIRST_RULE + 3, FIRST_RULE, FIRST_RULE + 2]);
-        assert_eq!(fresh2, vec![FIRST_RULE + 3]);
+        let next = assign_ids(&[rule("c"), rule("a"), rule("a")], &map).unwrap();
+        assert_eq!(next.ids, vec![FIRST_RULE + 3, FIRST_RULE, FIRST_RULE + 2]);
+        assert_eq!(next.fresh, vec![FIRST_RULE + 3]);
     }
 }

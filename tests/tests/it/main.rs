@@ -10,3 +10,4 @@ mod embassy;
 mod runtime_docker;
 mod stacks;
 mod store;
+mod vpc;
