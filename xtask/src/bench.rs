@@ -1,4 +1,4 @@
-//! `cargo xtask bench datapath|discovery [--json FILE] [--quick]`: setup, build, then the
+//! `cargo xtask bench datapath|discovery|vpc [--json FILE] [--quick]`: setup, build, then the
 //! benchmark binary (tests/src/bin/vk-bench.rs), as root. Results: docs/benchmarks.md.
 use std::{path::PathBuf, process::Command};
 
@@ -10,8 +10,8 @@ use crate::{
 };
 
 pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()> {
-    if which != "datapath" && which != "discovery" {
-        bail!("unknown benchmark {which:?} (there are: datapath, discovery)");
+    if !["datapath", "discovery", "vpc"].contains(&which) {
+        bail!("unknown benchmark {which:?} (there are: datapath, discovery, vpc)");
     }
     if !is_root() {
         bail!(
@@ -33,6 +33,7 @@ pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()
     }
     let _s = match which {
         "discovery" => Step::new(2, 2, "bench discovery (about a minute; --quick: seconds)"),
+        "vpc" => Step::new(2, 2, "bench vpc (about two minutes; --quick: under a minute)"),
         _ => Step::new(2, 2, "bench datapath (a few minutes; --quick: under a minute)"),
     };
     let mut cmd = Command::new("cargo");

@@ -38,7 +38,8 @@ enum Command {
     /// Setup, build, then a benchmark (as root). `datapath`: Viking against direct
     /// connections, iptables DNAT and HAProxy, as ratios to direct (docs/benchmarks.md).
     Bench {
-        /// Which benchmark: datapath, discovery (store change -> datapath latency).
+        /// Which benchmark: datapath, discovery (store change -> datapath latency), vpc (the
+        /// host filter against no filter and nftables).
         which: String,
         /// Also write the results as JSON to FILE.
         #[arg(long, value_name = "FILE")]

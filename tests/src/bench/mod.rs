@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod hooks;
 pub mod report;
 pub mod server;
+pub mod vpc;
 pub mod world;
 
 use std::{

@@ -2,6 +2,8 @@
 //!
 //!   vk-bench datapath [--json FILE] [--quick]   the whole benchmark (viking_tests::bench)
 //!   vk-bench discovery [--json FILE] [--quick]  store change -> datapath (bench::discovery)
+//!   vk-bench vpc [--json FILE] [--quick]        the VPC filter against none and nftables
+//!   vk-bench synburst SRC DST PORT COUNT         raw TCP SYNs (bench::vpc's outsider)
 //!   vk-bench cps ADDR SECS THREADS               connection loop; prints one JSON line
 //!   vk-bench latency ADDR SAMPLES                connect() timings; prints one JSON line
 //!
@@ -14,6 +16,8 @@ use viking_tests::bench::{self, client};
 
 const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--quick]
        vk-bench discovery [--json FILE] [--quick]
+       vk-bench vpc [--json FILE] [--quick]
+       vk-bench synburst SRC DST PORT COUNT
        vk-bench cps ADDR SECS THREADS
        vk-bench latency ADDR SAMPLES";
 
@@ -32,7 +36,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         args.get(i).map(String::as_str).with_context(|| format!("missing {what}\n{USAGE}"))
     };
     match args.first().map(String::as_str) {
-        Some(which @ ("datapath" | "discovery")) => {
+        Some(which @ ("datapath" | "discovery" | "vpc")) => {
             let mut opts = bench::Options::default();
             let mut rest = args[1..].iter();
             while let Some(a) = rest.next() {
@@ -44,11 +48,18 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                     other => bail!("unknown argument {other:?}\n{USAGE}"),
                 }
             }
-            if which == "datapath" {
-                bench::run(&opts)
-            } else {
-                bench::discovery::run(&opts)
+            match which {
+                "datapath" => bench::run(&opts),
+                "vpc" => bench::vpc::run(&opts),
+                _ => bench::discovery::run(&opts),
             }
+        }
+        Some("synburst") => {
+            let src = arg(1, "SRC")?.parse().context("SRC")?;
+            let dst = arg(2, "DST")?.parse().context("DST")?;
+            let port: u16 = arg(3, "PORT")?.parse().context("PORT")?;
+            let count: u64 = arg(4, "COUNT")?.parse().context("COUNT")?;
+            print_json(&bench::vpc::syn_burst(src, dst, port, count)?)
         }
         Some("cps") => {
             let addr: SocketAddr = arg(1, "ADDR")?.parse().context("ADDR")?;
