@@ -267,16 +267,27 @@ impl Loop {
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watcher: Option<HostWatcher> = None;
+        // When to try watching membership again, and how long to wait after that.
+        let (mut watch_at, mut backoff) = (Instant::now(), POLL);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if watcher.is_none() && self.maps.is_some() {
+                    if watcher.is_none() && self.maps.is_some() && Instant::now() >= watch_at {
                         match HostWatcher::start(&store).await {
                             Ok(w) => {
                                 self.sync_members(w.hosts());
                                 watcher = Some(w);
+                                backoff = POLL;
                             }
-                            Err(e) => tracing::warn!(error = %e, "VPC: watching membership"),
+                            Err(e) => {
+                                tracing::warn!(
+                                    error = %e,
+                                    retry_in = ?backoff,
+                                    "VPC: watching membership (the member set stays as it is)"
+                                );
+                                watch_at = Instant::now() + backoff;
+                                backoff = (backoff * 2).min(Duration::from_secs(30));
+                            }
                         }
                     }
                     self.poll().await;
@@ -545,7 +556,10 @@ impl Loop {
         fingerprint: Option<String>,
         offenders: Vec<Offender>,
     ) -> ReloadAnswer {
+        // NB: a retry that fails the same way (every RETRY) is not logged again.
+        let again = self.error.as_ref().is_some_and(|e| e.message == message);
         match kind {
+            _ if again => tracing::debug!(%message, "VPC policy still not applied"),
             ErrorKind::Refused => {
                 tracing::warn!(%message, "VPC policy refused; the running one stays")
             }

@@ -184,7 +184,10 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 fn plug(lan: &NetNs, prefix: &str, addr: Ipv4Addr) -> anyhow::Result<(NetNs, String)> {
     let ns = NetNs::new(prefix);
     let (a, b) = (unique("vbv"), unique("vbb"));
-    ip(&["link", "add", &a, "netns", &ns.name, "type", "veth", "peer", "name", &b, "netns", &lan.name])?;
+    ip(&[
+        "link", "add", &a, "netns", &ns.name, "type", "veth", "peer", "name", &b, "netns",
+        &lan.name,
+    ])?;
     lan.ip(&["link", "set", &b, "master", "br0", "up"]);
     ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &a]);
     ns.ip(&["link", "set", &a, "up"]);
@@ -313,8 +316,13 @@ impl World {
     fn iperf(&self, f: Filter, streams: usize, secs: u32) -> anyhow::Result<f64> {
         super::interrupted()?;
         let mut cmd = self.client.command("iperf3", None);
-        cmd.args(["-c", &f.ip().to_string(), "-p", &IPERF_PORT.to_string()])
-            .args(["-P", &streams.to_string(), "-t", &secs.to_string(), "--json"]);
+        cmd.args(["-c", &f.ip().to_string(), "-p", &IPERF_PORT.to_string()]).args([
+            "-P",
+            &streams.to_string(),
+            "-t",
+            &secs.to_string(),
+            "--json",
+        ]);
         let out = run_timeout(&mut cmd, Duration::from_secs(u64::from(secs) + 60))?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
             format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr).trim())
@@ -505,7 +513,9 @@ async fn run_async(opts: &Options) -> anyhow::Result<()> {
                 r.drop_rate,
                 r.reached_tcp,
                 r.cpu_ms_per_million,
-                r.filter_ns_per_packet.map(|n| format!(", filter {n:.0} ns/packet")).unwrap_or_default()
+                r.filter_ns_per_packet
+                    .map(|n| format!(", filter {n:.0} ns/packet"))
+                    .unwrap_or_default()
             );
             report.runs.push(Run {
                 filter: f.name().into(),
@@ -530,7 +540,12 @@ async fn run_async(opts: &Options) -> anyhow::Result<()> {
 }
 
 fn values(report: &VpcReport, f: Filter, metric: &str) -> Vec<f64> {
-    report.runs.iter().filter(|r| r.filter == f.name() && r.metric == metric).map(|r| r.value).collect()
+    report
+        .runs
+        .iter()
+        .filter(|r| r.filter == f.name() && r.metric == metric)
+        .map(|r| r.value)
+        .collect()
 }
 
 fn ratios(report: &VpcReport, f: Filter, metric: &str) -> Vec<f64> {
@@ -588,13 +603,26 @@ fn summarize(report: &mut VpcReport, syn: &[Vec<SynResult>; 3]) {
 }
 
 impl VpcReport {
-    fn goal_push(&mut self, goal: String, measured: f64, target: &str, met: bool, per_run: Vec<f64>) {
+    fn goal_push(
+        &mut self,
+        goal: String,
+        measured: f64,
+        target: &str,
+        met: bool,
+        per_run: Vec<f64>,
+    ) {
         self.goals.push(report::Goal { goal, measured, target: target.into(), met, per_run });
     }
 }
 
 fn print_report(r: &VpcReport) {
-    report::print_header(&r.benchmark, &r.date, &r.machine, r.quick, (&r.load_before, &r.load_after));
+    report::print_header(
+        &r.benchmark,
+        &r.date,
+        &r.machine,
+        r.quick,
+        (&r.load_before, &r.load_after),
+    );
     println!();
     println!("| receiver | 1 stream Gbit/s | / none | 4 streams Gbit/s | / none | SYNs dropped | reached TCP | busy CPU ms / M SYN | filter ns / packet |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -691,7 +719,8 @@ fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, seg: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |b: &[u8]| {
         for c in b.chunks(2) {
-            let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+            let w =
+                if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
             sum += u32::from(w);
         }
     };
