@@ -139,9 +139,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Remove a deployed stack.
+    /// Remove a deployed stack (refused while other stacks link to it, unless --force).
     Rm {
         stack: String,
+        /// Remove it even though other stacks link to it: their links keep their ambassador
+        /// ports and refuse connections until it is deployed again.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -361,7 +365,9 @@ async fn main() -> anyhow::Result<()> {
             let code = cli::instances::run(&api.client()?, &target, cgroup).await?;
             std::process::exit(code)
         }
-        Command::Rm { stack, api } => cli::stacks::remove(&api.client()?, &stack).await,
+        Command::Rm { stack, force, api } => {
+            cli::stacks::remove(&api.client()?, &stack, force).await
+        }
         Command::Stacks { json, api } => cli::stacks::list(&api.client()?, json).await,
         Command::Env { target, json, api } => cli::stacks::env(&api.client()?, &target, json).await,
         Command::Config(ConfigCmd::Export { dir, api }) => {

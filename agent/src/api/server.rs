@@ -17,7 +17,7 @@ use super::{ApiErrorBody, DeployRequest, JobFile, JobRun, LeaderInfo};
 use crate::{
     cluster::leader,
     deploy::{DeployError, Deployer, JobRecord},
-    stack::{plan::PlanError, Stack},
+    stack::Stack,
     store::Store,
 };
 
@@ -69,14 +69,19 @@ impl IntoResponse for ApiError {
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         let status = match &e {
-            DeployError::Stack(_) | DeployError::Plan(PlanError::Stack(_)) => {
-                StatusCode::BAD_REQUEST
-            }
+            DeployError::Stack(_) => StatusCode::BAD_REQUEST,
             DeployError::NotFound(_) => StatusCode::NOT_FOUND,
-            DeployError::Conflict(_) => StatusCode::CONFLICT,
-            DeployError::Control(crate::cluster::ClusterError::PortsExhausted { .. }) => {
+            DeployError::Conflict(_)
+            | DeployError::Dependents { .. }
+            | DeployError::NotPlanned(_) => StatusCode::CONFLICT,
+            DeployError::Cluster(crate::cluster::ClusterError::PortsExhausted { .. }) => {
                 StatusCode::INSUFFICIENT_STORAGE
             }
+            // NB: a retry cannot help a request over the store's limits.
+            DeployError::Store(crate::store::StoreError::Limit { .. })
+            | DeployError::Cluster(crate::cluster::ClusterError::Store(
+                crate::store::StoreError::Limit { .. },
+            )) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self(status, e.to_string())
@@ -214,15 +219,19 @@ async fn stacks<S: Store>(State(st): State<Shared<S>>) -> Result<Response, ApiEr
     Ok(Json(st.deployer.stacks().await?).into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 async fn remove<S: Store>(
     State(st): State<Shared<S>>,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RemoveQuery>,
 ) -> Result<Response, ApiError> {
-    if st.deployer.remove(&name).await? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError(StatusCode::NOT_FOUND, format!("stack {name} is not deployed")))
-    }
+    st.deployer.remove(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn env<S: Store>(
@@ -236,13 +245,9 @@ async fn job<S: Store>(
     State(st): State<Shared<S>>,
     Path((stack, job)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let mut env = st.deployer.env(&stack, &job).await?;
-    let records = st.deployer.records().await?;
-    let Some(j) = records.jobs.get(&(stack.clone(), job.clone())) else {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("stack {stack} has no job {job}")));
-    };
+    let (j, mut env) = st.deployer.job(&stack, &job).await?;
     env.extend(j.env.clone());
-    Ok(Json(JobRun { stack, job: j.clone(), env }).into_response())
+    Ok(Json(JobRun { stack, job: j, env }).into_response())
 }
 
 #[derive(serde::Deserialize)]

@@ -16,7 +16,7 @@ use viking::{
     deploy::Deployer,
     discovery,
     runtime::{docker::DockerRuntime, exec::ExecRuntime, AnyRuntime, RuntimeConfig, RuntimeKind},
-    store::{self, EtcdOptions, Store, StoreSpec},
+    store::{self, EtcdOptions, LeaderKey, Store, StoreSpec},
 };
 
 pub struct AgentConfig {
@@ -89,7 +89,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
-    let leading =
+    let (leading, leader_key) =
         elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: cfg.api.to_string() });
 
     let (stop_tx, stop) = watch::channel(false);
@@ -118,6 +118,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         store.clone(),
         deployer,
         Addresses::new(store.clone(), cluster::addresses::default_pool()),
+        leader_key,
     );
     tokio::spawn(membership::report_load(store.clone(), info, member.lease_watch(), stop.clone()));
     let placement = tokio::spawn(control::placement::run(placer, leading.clone(), stop.clone()));
@@ -127,7 +128,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cfg.node.clone(),
         member.lease_watch(),
         containers_tx,
-    );
+    )
+    .keep_completed_in(cfg.data_dir.join("completed.json"));
     reconciler.host_routes = matches!(runtime, AnyRuntime::Exec(_));
     reconciler.host_netns = cfg.host_netns.clone();
     let reconcile = tokio::spawn(reconciler.run(stop.clone(), cfg.drain));
@@ -136,7 +138,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         datapath,
         cfg.ambassador,
         DEFAULT_PORT_RANGE,
-        Algo::Random,
+        Algo::default(),
         containers,
         stop,
     ));
@@ -193,18 +195,24 @@ async fn start_vpc<S: Store>(
     Some(viking::vpc::start(settings, store.clone(), stop).await)
 }
 
-/// Campaigns for leadership for as long as the agent runs; the receiver says whether this
-/// node leads right now.
-fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
+/// Campaigns for leadership for as long as the agent runs; the receivers say whether this
+/// node leads right now, and with which leader key (what its writes are fenced by).
+fn elect<S: Store>(
+    store: S,
+    me: LeaderInfo,
+) -> (watch::Receiver<bool>, watch::Receiver<Option<LeaderKey>>) {
     let (tx, rx) = watch::channel(false);
+    let (key_tx, key_rx) = watch::channel(None);
     let value = serde_json::to_string(&me).unwrap_or_default();
     tokio::spawn(async move {
         loop {
             match cluster::campaign(&store, &value, cluster::leader::DEFAULT_TTL).await {
                 Ok(leadership) => {
+                    let _ = key_tx.send(Some(leadership.key().clone()));
                     let _ = tx.send(true);
                     leadership.lost().await;
                     let _ = tx.send(false);
+                    let _ = key_tx.send(None);
                     tracing::warn!(node = %me.node, "no longer leading");
                 }
                 Err(e) => {
@@ -214,7 +222,7 @@ fn elect<S: Store>(store: S, me: LeaderInfo) -> watch::Receiver<bool> {
             }
         }
     });
-    rx
+    (rx, key_rx)
 }
 
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<()> {

@@ -71,14 +71,7 @@ pub fn format_plan(plan: &Plan, dry_run: bool) -> String {
         let rows: Vec<Vec<String>> = plan
             .ports
             .iter()
-            .map(|p| {
-                let q = if p.ambassador_port == 0 {
-                    "(new)".to_owned()
-                } else {
-                    p.ambassador_port.to_string()
-                };
-                vec![p.service.clone(), p.port.to_string(), q]
-            })
+            .map(|p| vec![p.service.clone(), p.port.to_string(), p.ambassador_port.to_string()])
             .collect();
         out.push_str(&render(&["SERVICE", "PORT", "AMBASSADOR PORT"], &rows));
     }
@@ -91,9 +84,10 @@ pub fn format_plan(plan: &Plan, dry_run: bool) -> String {
             out.push_str(&format!("  {k}={v}\n"));
         }
     }
-    if dry_run && plan.ports.iter().any(|p| p.ambassador_port == 0) {
+    if dry_run && !plan.ports.is_empty() {
         out.push_str(
-            "\nports shown as 0 are (new): they are allocated when the stack is deployed\n",
+            "\ndry run: nothing was stored; ports not yet allocated are the ones a deploy would \
+             take now\n",
         );
     }
     for w in &plan.warnings {
@@ -102,8 +96,9 @@ pub fn format_plan(plan: &Plan, dry_run: bool) -> String {
     out
 }
 
-pub async fn remove(api: &ApiClient, stack: &str) -> anyhow::Result<()> {
-    api.delete(&format!("/v1/stacks/{stack}")).await?;
+pub async fn remove(api: &ApiClient, stack: &str, force: bool) -> anyhow::Result<()> {
+    let query = if force { "?force=true" } else { "" };
+    api.delete(&format!("/v1/stacks/{stack}{query}")).await?;
     println!("stack {stack} removed");
     Ok(())
 }
@@ -116,9 +111,22 @@ pub async fn list(api: &ApiClient, json: bool) -> anyhow::Result<()> {
     }
     let rows: Vec<Vec<String>> = stacks
         .iter()
-        .map(|s| vec![s.name.clone(), s.jobs.join(","), s.instances.to_string()])
+        .map(|s| {
+            let state = if s.problems.is_empty() {
+                "ok".into()
+            } else {
+                format!("{} problem(s)", s.problems.len())
+            };
+            vec![s.name.clone(), s.jobs.join(","), s.instances.to_string(), state]
+        })
         .collect();
-    print!("{}", render(&["STACK", "JOBS", "INSTANCES"], &rows));
+    print!("{}", render(&["STACK", "JOBS", "INSTANCES", "STATE"], &rows));
+    for s in stacks.iter().filter(|s| !s.problems.is_empty()) {
+        println!("\n{}:", s.name);
+        for p in &s.problems {
+            println!("  {p}");
+        }
+    }
     Ok(())
 }
 

@@ -13,7 +13,7 @@ mod error;
 pub mod leader;
 pub mod membership;
 pub mod ports;
-mod retry;
+pub(crate) mod retry;
 
 pub use addresses::{Addresses, DEFAULT_POOL};
 pub use error::ClusterError;

@@ -26,6 +26,10 @@ pub struct Intent {
     pub fixed: bool,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The hash of the job record it was made from (`deploy::plans::record_hash`): a static
+    /// job keeps its intent while its own record is unchanged.
+    #[serde(default)]
+    pub record: String,
 }
 
 /// What an instance is doing, as its host's agent says.
@@ -92,6 +96,9 @@ pub struct PsRow {
     pub address: Option<IpAddr>,
     pub ports: Vec<(Port, u16)>,
     pub restarts: u32,
+    /// Process id (exec) or container id (docker), once it runs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub handle: String,
 }
 
 /// Every instance the cluster knows of, joined from intent, status and waiting records,
@@ -124,6 +131,7 @@ pub async fn ps<S: crate::store::Store>(
                 address: st.address,
                 ports: st.ports.clone(),
                 restarts: st.restarts,
+                handle: st.handle.clone(),
                 stack: s,
                 job,
                 index,
@@ -135,6 +143,7 @@ pub async fn ps<S: crate::store::Store>(
                 address: None,
                 ports: Vec::new(),
                 restarts: 0,
+                handle: String::new(),
                 stack: s,
                 job,
                 index,
@@ -162,7 +171,15 @@ pub async fn ps<S: crate::store::Store>(
             address: None,
             ports: Vec::new(),
             restarts: 0,
+            handle: String::new(),
         });
+    }
+    // What a running job lacks (a link to a stack that went) is said beside its state.
+    let plans = crate::deploy::Plans::read(store).await?;
+    for r in rows.iter_mut().filter(|r| r.detail.is_empty()) {
+        if let Some(p) = plans.get(&r.stack, &r.job) {
+            r.detail = p.problems().join("; ");
+        }
     }
     rows.retain(|r| stack.is_none_or(|s| r.stack == s));
     rows.sort_by(|a, b| (&a.stack, &a.job, a.index).cmp(&(&b.stack, &b.job, b.index)));

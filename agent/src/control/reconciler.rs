@@ -73,6 +73,9 @@ pub struct Reconciler<S: Store, R: Runtime> {
     backoff: BTreeMap<String, Backoff>,
     /// Non-daemonized instances that ran to their end: intent revision, exit code.
     done: BTreeMap<String, (i64, i32)>,
+    /// Where `done` is kept, so that a completed run-once job stays completed across an
+    /// agent restart.
+    done_file: Option<std::path::PathBuf>,
     mirrors: Option<Mirrors>,
 }
 
@@ -113,8 +116,16 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             host_netns: None,
             backoff: BTreeMap::new(),
             done: BTreeMap::new(),
+            done_file: None,
             mirrors: None,
         }
+    }
+
+    /// Keeps the completed run-once instances in `file` (and loads what it holds).
+    pub fn keep_completed_in(mut self, file: std::path::PathBuf) -> Self {
+        self.done_file = Some(file);
+        self.load_done();
+        self
     }
 
     /// The mirrors, started on first use and again if a watch behind them ended.
@@ -170,31 +181,33 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             .collect();
         Ok(View { intents, registered, running_jobs, services, ps })
     }
+}
 
-    /// The first job `intent` waits for, if any. Start order matters for a job's first
-    /// start: once an instance of the job runs somewhere (a replica moved, a rolling
-    /// replacement), the others start without waiting.
-    fn blocked_on(intent: &Intent, view: &View) -> Option<String> {
-        if view.running_jobs.contains(&(intent.spec.stack.clone(), intent.spec.job.clone())) {
-            return None;
-        }
-        intent.after.iter().find_map(|a| {
-            let ready = if a.ports {
-                view.registered.contains(&service_name(&a.stack, &a.job))
-            } else {
-                view.running_jobs.contains(&(a.stack.clone(), a.job.clone()))
-            };
-            (!ready).then(|| {
-                format!(
-                    "waiting for {}/{} to {}",
-                    a.stack,
-                    a.job,
-                    if a.ports { "register" } else { "run" }
-                )
-            })
-        })
+/// The first job `intent` waits for, if any. Start order matters for a job's first start:
+/// once an instance of the job runs somewhere (a replica moved, a rolling replacement), the
+/// others start without waiting.
+fn blocked_on(intent: &Intent, view: &View) -> Option<String> {
+    if view.running_jobs.contains(&(intent.spec.stack.clone(), intent.spec.job.clone())) {
+        return None;
     }
+    intent.after.iter().find_map(|a| {
+        let ready = if a.ports {
+            view.registered.contains(&service_name(&a.stack, &a.job))
+        } else {
+            view.running_jobs.contains(&(a.stack.clone(), a.job.clone()))
+        };
+        (!ready).then(|| {
+            format!(
+                "waiting for {}/{} to {}",
+                a.stack,
+                a.job,
+                if a.ports { "register" } else { "run" }
+            )
+        })
+    })
+}
 
+impl<S: Store, R: Runtime> Reconciler<S, R> {
     fn status(&self, name: &str, phase: Phase, detail: String, inst: Option<&Instance>) -> Status {
         Status {
             name: name.to_owned(),
@@ -208,7 +221,8 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
         }
     }
 
-    /// One pass: intent -> runtime, then registrations, status, embassy and routes.
+    /// One pass: read, decide (`decide`), act on the runtime, then publish registrations,
+    /// status, embassy's containers and routes.
     pub async fn pass(&mut self) -> Result<(), StoreError> {
         let view = self.view().await?;
         let now = Instant::now();
@@ -229,84 +243,82 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 return self.publish(&view, &BTreeMap::new(), &statuses).await;
             }
         };
-        for name in
-            instances.keys().filter(|n| !view.intents.contains_key(*n)).cloned().collect::<Vec<_>>()
-        {
+        let d = decide(&view, &instances, &mut self.backoff, &self.done, now);
+
+        for name in &d.stop {
             tracing::info!(instance = %name, "not wanted here any more; stopping it");
-            if let Err(e) = self.runtime.remove(&name).await {
+            if let Err(e) = self.runtime.remove(name).await {
                 tracing::warn!(instance = %name, error = %e, "stopping");
             }
-            instances.remove(&name);
-            self.backoff.remove(&name);
+            instances.remove(name);
+            self.backoff.remove(name);
         }
+        let mut done_changed = self.done.len();
         self.done.retain(|n, _| view.intents.contains_key(n));
-
+        done_changed = usize::from(done_changed != self.done.len());
+        for (name, code) in &d.finished {
+            if let Some((_, revision)) = view.intents.get(name) {
+                self.done.insert(name.clone(), (*revision, *code));
+                done_changed += 1;
+            }
+            if let Err(e) = self.runtime.remove(name).await {
+                tracing::warn!(instance = %name, error = %e, "removing a completed job");
+            }
+            instances.remove(name);
+        }
+        if done_changed > 0 {
+            self.save_done();
+        }
         let mut statuses: BTreeMap<String, Status> = BTreeMap::new();
-        for (name, (intent, revision)) in &view.intents {
-            let spec = &intent.spec;
-            let want_hash = spec_hash(spec);
-            let current = instances.get(name);
+        for (name, (phase, detail)) in d.status {
+            let inst = instances.get(&name).filter(|i| i.state == InstanceState::Running);
+            statuses.insert(name.clone(), self.status(&name, phase, detail, inst));
+        }
+        for name in d.start {
+            let Some((intent, _)) = view.intents.get(&name) else { continue };
             let backoff = self.backoff.entry(name.clone()).or_default();
-            let (phase, detail) = match current.map(|i| (i.state, i.spec_hash == want_hash)) {
-                Some((InstanceState::Running, true)) => {
-                    let since = *backoff.up_since.get_or_insert(now);
-                    if now.duration_since(since) > STABLE {
-                        backoff.delay = Duration::ZERO;
-                    }
+            let (phase, detail) = match self.runtime.start(&intent.spec).await {
+                Ok(inst) => {
+                    backoff.not_before = None;
+                    backoff.up_since = Some(now);
+                    instances.insert(name.clone(), inst);
                     (Phase::Running, String::new())
                 }
-                Some((InstanceState::Exited(code), _)) if !spec.daemonize => {
-                    self.done.insert(name.clone(), (*revision, code));
-                    if let Err(e) = self.runtime.remove(name).await {
-                        tracing::warn!(instance = %name, error = %e, "removing a completed job");
-                    }
-                    instances.remove(name);
-                    (Phase::Completed, format!("exit {code}"))
-                }
-                None if !spec.daemonize
-                    && self.done.get(name).is_some_and(|(r, _)| r == revision) =>
-                {
-                    let code = self.done.get(name).map_or(0, |(_, c)| *c);
-                    (Phase::Completed, format!("exit {code}"))
-                }
-                state => {
-                    // Missing, exited, or running an older spec.
-                    let crashed = matches!(state, Some((InstanceState::Exited(_), _)));
-                    if crashed && backoff.not_before.is_none() {
-                        backoff.bump(now);
-                        backoff.restarts += 1;
-                    }
-                    if let Some(why) = Self::blocked_on(intent, &view) {
-                        (Phase::Pending, why)
-                    } else if !backoff.ready(now) {
-                        let phase = if crashed { Phase::Restarting } else { Phase::Failed };
-                        (phase, format!("next try in {:.0?}", backoff.wait(now)))
-                    } else {
-                        match self.runtime.start(spec).await {
-                            Ok(inst) => {
-                                backoff.not_before = None;
-                                backoff.up_since = Some(now);
-                                instances.insert(name.clone(), inst);
-                                (Phase::Running, String::new())
-                            }
-                            Err(e) => {
-                                tracing::warn!(instance = %name, error = %e, "start failed");
-                                backoff.bump(now);
-                                (Phase::Failed, e.to_string())
-                            }
-                        }
-                    }
+                Err(e) => {
+                    tracing::warn!(instance = %name, error = %e, "start failed");
+                    backoff.bump(now);
+                    (Phase::Failed, e.to_string())
                 }
             };
-            if phase == Phase::Running {
-                if let Some(b) = self.backoff.get_mut(name) {
-                    b.not_before = None;
-                }
-            }
-            let inst = instances.get(name).filter(|i| i.state == InstanceState::Running);
-            statuses.insert(name.clone(), self.status(name, phase, detail, inst));
+            let inst = instances.get(&name).filter(|i| i.state == InstanceState::Running);
+            statuses.insert(name.clone(), self.status(&name, phase, detail, inst));
         }
         self.publish(&view, &instances, &statuses).await
+    }
+
+    /// Loads the run-once instances that completed (kept across agent restarts).
+    fn load_done(&mut self) {
+        let Some(path) = &self.done_file else { return };
+        if let Ok(bytes) = std::fs::read(path) {
+            match serde_json::from_slice::<BTreeMap<String, (i64, i32)>>(&bytes) {
+                Ok(done) => self.done = done,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "ignoring the completed-jobs file")
+                }
+            }
+        }
+    }
+
+    fn save_done(&self) {
+        let Some(path) = &self.done_file else { return };
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&self.done)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "saving the completed jobs");
+        }
     }
 
     async fn publish(
@@ -349,7 +361,7 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             .filter_map(|(n, (i, _))| Some((n.clone(), i.spec.image.clone()?)))
             .collect();
         let want = registrator::wanted(&self.node, &running, &tags, &images);
-        let have = registrator::mine(&self.node, &view.services);
+        let have = lease.map(|l| registrator::mine(l, &view.services)).unwrap_or_default();
         let (w, r) = registrator::sync(&self.store, lease, &want, &have).await?;
         if w + r > 0 {
             tracing::info!(written = w, removed = r, "registrations");
@@ -458,8 +470,11 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             }
             let want = BTreeMap::new();
             // NB: the store itself, not the mirror, which may trail the last pass's writes.
-            if let Ok(listing) = self.store.list(crate::discovery::registration::PREFIX).await {
-                let have = registrator::mine(&self.node, &listing.kvs);
+            let lease = *self.lease.borrow();
+            if let (Ok(listing), Some(lease)) =
+                (self.store.list(crate::discovery::registration::PREFIX).await, lease)
+            {
+                let have = registrator::mine(lease, &listing.kvs);
                 let _ = registrator::sync(&self.store, None, &want, &have).await;
             }
             let _ = self.store.delete_prefix(&format!("{}{}/", keys::PS, self.node)).await;
@@ -471,5 +486,202 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             }
             tracing::info!(node = %self.node, "instances drained");
         }
+    }
+}
+
+/// What one pass does, decided from what it read (pure but for the backoff bookkeeping it
+/// owns: a crash is counted once).
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    /// Instances to stop and remove: not wanted on this host any more.
+    pub stop: Vec<String>,
+    /// Run-once instances that ran to their end, with their exit code: removed, remembered.
+    pub finished: Vec<(String, i32)>,
+    /// Instances to start now (missing, crashed and ready, or running an older spec).
+    pub start: Vec<String>,
+    /// The status of every other wanted instance.
+    pub status: BTreeMap<String, (Phase, String)>,
+}
+
+/// What to do with each instance of this host, given its intent (`view`), what the runtime
+/// runs (`instances`), restart backoff and the run-once instances that completed.
+fn decide(
+    view: &View,
+    instances: &BTreeMap<String, Instance>,
+    backoff: &mut BTreeMap<String, Backoff>,
+    done: &BTreeMap<String, (i64, i32)>,
+    now: Instant,
+) -> Decision {
+    let mut d = Decision {
+        stop: instances.keys().filter(|n| !view.intents.contains_key(*n)).cloned().collect(),
+        ..Decision::default()
+    };
+    for (name, (intent, revision)) in &view.intents {
+        let spec = &intent.spec;
+        let b = backoff.entry(name.clone()).or_default();
+        let current = instances.get(name).map(|i| (i.state, i.spec_hash == spec_hash(spec)));
+        let status = match current {
+            Some((InstanceState::Running, true)) => {
+                let since = *b.up_since.get_or_insert(now);
+                if now.duration_since(since) > STABLE {
+                    b.delay = Duration::ZERO;
+                }
+                b.not_before = None;
+                (Phase::Running, String::new())
+            }
+            Some((InstanceState::Exited(code), _)) if !spec.daemonize => {
+                d.finished.push((name.clone(), code));
+                (Phase::Completed, format!("exit {code}"))
+            }
+            None if !spec.daemonize && done.get(name).is_some_and(|(r, _)| r == revision) => {
+                let code = done.get(name).map_or(0, |(_, c)| *c);
+                (Phase::Completed, format!("exit {code}"))
+            }
+            state => {
+                // Missing, exited, or running an older spec.
+                let crashed = matches!(state, Some((InstanceState::Exited(_), _)));
+                if crashed && b.not_before.is_none() {
+                    b.bump(now);
+                    b.restarts += 1;
+                }
+                if let Some(why) = blocked_on(intent, view) {
+                    (Phase::Pending, why)
+                } else if !b.ready(now) {
+                    let phase = if crashed { Phase::Restarting } else { Phase::Failed };
+                    (phase, format!("next try in {:.0?}", b.wait(now)))
+                } else {
+                    d.start.push(name.clone());
+                    continue;
+                }
+            }
+        };
+        d.status.insert(name.clone(), status);
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{control::instances::After, runtime::InstanceSpec};
+
+    fn intent(job: &str, daemonize: bool, after: &[(&str, &str)]) -> Intent {
+        Intent {
+            spec: InstanceSpec {
+                stack: "s".into(),
+                job: job.into(),
+                index: 0,
+                image: None,
+                command: vec!["x".into()],
+                env: BTreeMap::new(),
+                ports: vec![],
+                volumes: vec![],
+                daemonize,
+                address: None,
+            },
+            after: after
+                .iter()
+                .map(|(s, j)| After { stack: (*s).into(), job: (*j).into(), ports: true })
+                .collect(),
+            fixed: false,
+            tags: vec![],
+            record: String::new(),
+        }
+    }
+
+    fn view(intents: &[Intent]) -> View {
+        View {
+            intents: intents.iter().map(|i| (i.spec.name(), (i.clone(), 7))).collect(),
+            registered: BTreeSet::new(),
+            running_jobs: BTreeSet::new(),
+            services: vec![],
+            ps: vec![],
+        }
+    }
+
+    fn instance(i: &Intent, state: InstanceState) -> Instance {
+        Instance {
+            name: i.spec.name(),
+            stack: "s".into(),
+            job: i.spec.job.clone(),
+            index: 0,
+            state,
+            address: None,
+            ports: vec![],
+            netns_cookie: None,
+            handle: "1".into(),
+            env: BTreeMap::new(),
+            spec_hash: spec_hash(&i.spec),
+        }
+    }
+
+    #[test]
+    fn missing_instances_start_once_what_they_link_to_is_registered() {
+        let web = intent("web", true, &[("shared", "db")]);
+        let mut v = view(std::slice::from_ref(&web));
+        let mut backoff = BTreeMap::new();
+        let now = Instant::now();
+        let d = decide(&v, &BTreeMap::new(), &mut backoff, &BTreeMap::new(), now);
+        assert!(d.start.is_empty());
+        assert_eq!(
+            d.status["s_web_0"],
+            (Phase::Pending, "waiting for shared/db to register".into())
+        );
+        v.registered.insert("shared_db".into());
+        let d = decide(&v, &BTreeMap::new(), &mut backoff, &BTreeMap::new(), now);
+        assert_eq!(d.start, ["s_web_0"]);
+    }
+
+    #[test]
+    fn a_crash_is_backed_off_and_counted_once() {
+        let web = intent("web", true, &[]);
+        let v = view(std::slice::from_ref(&web));
+        let running = BTreeMap::from([(web.spec.name(), instance(&web, InstanceState::Exited(1)))]);
+        let mut backoff = BTreeMap::new();
+        let now = Instant::now();
+        for _ in 0..3 {
+            let d = decide(&v, &running, &mut backoff, &BTreeMap::new(), now);
+            assert!(d.start.is_empty());
+            assert_eq!(d.status["s_web_0"].0, Phase::Restarting);
+        }
+        assert_eq!(backoff["s_web_0"].restarts, 1);
+        let later = now + FIRST_BACKOFF + Duration::from_millis(1);
+        assert_eq!(decide(&v, &running, &mut backoff, &BTreeMap::new(), later).start, ["s_web_0"]);
+    }
+
+    #[test]
+    fn run_once_jobs_finish_once_and_stay_finished() {
+        let job = intent("task", false, &[]);
+        let v = view(std::slice::from_ref(&job));
+        let exited = BTreeMap::from([(job.spec.name(), instance(&job, InstanceState::Exited(3)))]);
+        let mut backoff = BTreeMap::new();
+        let now = Instant::now();
+        let d = decide(&v, &exited, &mut backoff, &BTreeMap::new(), now);
+        assert_eq!(d.finished, [("s_task_0".into(), 3)]);
+        // Removed, remembered at the intent's revision: not started again (an agent restart
+        // reloads the same memory from its file).
+        let done = BTreeMap::from([("s_task_0".to_owned(), (7, 3))]);
+        let d = decide(&v, &BTreeMap::new(), &mut backoff, &done, now);
+        assert!(d.start.is_empty());
+        assert_eq!(d.status["s_task_0"], (Phase::Completed, "exit 3".into()));
+        // A new intent (another revision) runs it again.
+        let done = BTreeMap::from([("s_task_0".to_owned(), (6, 3))]);
+        assert_eq!(decide(&v, &BTreeMap::new(), &mut backoff, &done, now).start, ["s_task_0"]);
+    }
+
+    #[test]
+    fn unwanted_instances_stop_and_changed_specs_are_replaced() {
+        let web = intent("web", true, &[]);
+        let old = intent("old", true, &[]);
+        let mut changed = instance(&web, InstanceState::Running);
+        changed.spec_hash ^= 1;
+        let running = BTreeMap::from([
+            (web.spec.name(), changed),
+            (old.spec.name(), instance(&old, InstanceState::Running)),
+        ]);
+        let d =
+            decide(&view(&[web]), &running, &mut BTreeMap::new(), &BTreeMap::new(), Instant::now());
+        assert_eq!(d.stop, ["s_old_0"]);
+        assert_eq!(d.start, ["s_web_0"]);
     }
 }

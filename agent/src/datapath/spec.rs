@@ -51,12 +51,15 @@ impl FromStr for Proto {
     }
 }
 
-/// How a service spreads new connections over its backends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How a service spreads new connections over its backends. Round robin by default, as
+/// embassy does: an even spread with no state per client.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Algo {
-    #[default]
     Random,
+    #[default]
     RoundRobin,
     LeastConn,
 }

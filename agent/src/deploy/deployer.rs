@@ -1,17 +1,20 @@
-//! Deploying a stack: plan it against what is deployed, allocate its links' ambassador ports,
-//! write its job records in one transaction. All or nothing: a refused stack changes nothing.
-use std::{collections::BTreeMap, net::IpAddr};
+//! Deploying: read what is deployed, decide (`planner`), commit the records, plans and port
+//! allocations together, all or nothing (`store::bulk`), under compares of what was read. A
+//! lost race is read and decided again. The one place that plans: placement and the API only
+//! read the plans it stores; no read writes.
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::folder::{job_key, parse_record, record_value, stack_prefix, DeployedJobs, JobRecord};
+use super::{
+    folder::{self, DeployedJobs, JobRecord},
+    planner::{Change, Decision, DeployState, Planner},
+    plans::Plans,
+};
 use crate::{
-    cluster::{AmbassadorPorts, ClusterError, PortRange},
-    stack::{
-        plan::{plan, Plan, PlanError, PortAllocator},
-        service_name, Format, ParsedJob, Port, Stack, StackError,
-    },
-    store::{Compare, Op, Store, StoreError, Txn},
+    cluster::{ports::PortTable, ClusterError, PortRange},
+    stack::{plan::Plan, Job, Stack, StackError},
+    store::{bulk, keys, Compare, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -19,16 +22,25 @@ pub enum DeployError {
     #[error(transparent)]
     Stack(#[from] StackError),
     #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Control(#[from] ClusterError),
+    Cluster(#[from] ClusterError),
     #[error("{0}")]
     NotFound(String),
-    #[error("stack {0} changed while it was being deployed; deploy again")]
+    #[error("{0} changed while it was being deployed, {ATTEMPTS} times in a row; deploy again")]
     Conflict(String),
+    #[error(
+        "stack {stack} is linked to by {}: remove those first, or remove it with --force (their \
+         links keep their ports and refuse connections until it is back)",
+        by.join(", ")
+    )]
+    Dependents { stack: String, by: Vec<String> },
+    #[error("{0}")]
+    NotPlanned(String),
 }
+
+/// How many times a change is read and decided again after losing a race.
+const ATTEMPTS: usize = 20;
 
 /// A deployed stack as `viking stacks` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,174 +48,185 @@ pub struct StackSummary {
     pub name: String,
     pub jobs: Vec<String>,
     pub instances: u32,
-}
-
-/// Allocates for real.
-struct Allocate<'a, S>(&'a AmbassadorPorts<S>);
-/// Only looks: the port a service already has, or 0 (a dry run writes nothing).
-struct Peek<'a, S>(&'a AmbassadorPorts<S>);
-
-impl<S: Store> PortAllocator for Allocate<'_, S> {
-    type Error = ClusterError;
-    async fn port(&self, service: &str, port: Port) -> Result<u16, ClusterError> {
-        self.0.allocate(service, port.port).await
-    }
-}
-
-impl<S: Store> PortAllocator for Peek<'_, S> {
-    type Error = ClusterError;
-    async fn port(&self, service: &str, port: Port) -> Result<u16, ClusterError> {
-        Ok(self.0.get(service, port.port).await?.unwrap_or(0))
-    }
+    /// What is wrong: records that do not parse (key, field, why), jobs that cannot be planned
+    /// or wait for a plan, links to jobs that are gone.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 pub struct Deployer<S: Store> {
     store: S,
-    ports: AmbassadorPorts<S>,
-    ambassador: IpAddr,
+    planner: Planner,
 }
 
 impl<S: Store> Deployer<S> {
     pub fn new(store: S, range: PortRange, ambassador: IpAddr) -> Self {
-        Self { ports: AmbassadorPorts::new(store.clone(), range), store, ambassador }
+        Self { store, planner: Planner { ambassador, range } }
+    }
+
+    /// What is deployed, after finishing any bulk write still pending (a writer that died).
+    async fn settled(&self) -> Result<DeployState, DeployError> {
+        bulk::settle(&self.store).await?;
+        self.state().await
+    }
+
+    /// What is deployed, read only.
+    async fn state(&self) -> Result<DeployState, DeployError> {
+        let records = DeployedJobs::read(&self.store).await?;
+        let plans = Plans::read(&self.store).await?;
+        let ports = PortTable::read(&self.store.list(keys::PORTS).await?.kvs)?;
+        Ok(DeployState { records, plans, ports })
+    }
+
+    /// Decides `change` against what is deployed and commits it; again on a lost race.
+    async fn change(
+        &self,
+        change: &Change<'_>,
+        what: &str,
+    ) -> Result<(DeployState, Decision), DeployError> {
+        for attempt in 0..ATTEMPTS {
+            let state = self.settled().await?;
+            let decision = self.planner.decide(&state, change)?;
+            if decision.ops.is_empty() {
+                return Ok((state, decision));
+            }
+            let when = vec![
+                state.ports.unchanged(),
+                Compare::PrefixUnchangedSince(folder::PREFIX.into(), state.records.revision),
+            ];
+            if bulk::commit(&self.store, when, decision.ops.clone()).await? {
+                return Ok((state, decision));
+            }
+            // NB: another writer won; spread out so that many racing deploys all finish.
+            let pause = 5 * (attempt as u64 + 1) + rand::random::<u64>() % 20;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        Err(DeployError::Conflict(what.to_owned()))
     }
 
     /// Plans and (unless `dry_run`) deploys. Redeploying an unchanged stack writes nothing.
     pub async fn deploy(&self, stack: &Stack, dry_run: bool) -> Result<Plan, DeployError> {
-        let deployed = DeployedJobs::read(&self.store).await?;
-        // A link to a record that does not parse is refused with that record's own error.
-        for pj in &stack.jobs {
-            for link in &pj.job.links {
-                let key = job_key(link.stack_or(&stack.name), &link.job);
-                if let Some(bad) =
-                    deployed.invalid.iter().find(|e| e.file.as_os_str() == key.as_str())
-                {
-                    return Err(DeployError::Stack(bad.clone()));
-                }
-            }
+        let change = Change::Deploy(stack);
+        let (state, decision) = if dry_run {
+            let state = self.state().await?;
+            let decision = self.planner.decide(&state, &change)?;
+            (state, decision)
+        } else {
+            self.change(&change, &format!("stack {}", stack.name)).await?
+        };
+        if !dry_run && !decision.ops.is_empty() {
+            tracing::info!(stack = %stack.name, jobs = stack.jobs.len(), plans = decision.written, "deployed");
         }
-        if dry_run {
-            return Ok(plan(stack, &deployed, self.ambassador, &Peek(&self.ports)).await?);
-        }
-        let planned = plan(stack, &deployed, self.ambassador, &Allocate(&self.ports)).await?;
-        let mut ops = Vec::new();
-        let mut when = Vec::new();
-        let existing: BTreeMap<&str, _> =
-            deployed.stack(&stack.name).map(|j| (j.name.as_str(), j)).collect();
-        for pj in &stack.jobs {
-            let key = job_key(&stack.name, &pj.job.name);
-            if existing.get(pj.job.name.as_str()) != Some(&&pj.job) {
-                ops.push(Op::put(key, record_value(&pj.job)));
-            }
-        }
-        for name in existing.keys() {
-            if stack.job(name).is_none() {
-                ops.push(Op::delete(job_key(&stack.name, name)));
-            }
-        }
-        if ops.is_empty() {
-            return Ok(planned);
-        }
-        // Nothing may have been added under the stack since it was read.
-        when.push(Compare::PrefixUnchangedSince(stack_prefix(&stack.name), deployed.revision));
-        let result = self.store.txn(Txn::when(when).then(ops)).await?;
-        if !result.succeeded {
-            return Err(DeployError::Conflict(stack.name.clone()));
-        }
-        tracing::info!(stack = %stack.name, jobs = stack.jobs.len(), "deployed");
-        Ok(planned)
+        self.planner.report(stack, &state, &decision)
     }
 
-    /// Removes a stack's job records and releases its services' ambassador ports.
-    pub async fn remove(&self, stack: &str) -> Result<bool, DeployError> {
-        let deployed = DeployedJobs::read(&self.store).await?;
-        let jobs: Vec<String> = deployed.stack(stack).map(|j| j.name.clone()).collect();
-        let removed = self.store.delete_prefix(&stack_prefix(stack)).await?;
-        for job in &jobs {
-            self.ports.release_service(&service_name(stack, job)).await?;
+    /// Removes a stack: its records and plans, and the ports no plan uses any more. Refused
+    /// while other stacks link to it, unless `force`.
+    pub async fn remove(&self, stack: &str, force: bool) -> Result<(), DeployError> {
+        self.change(&Change::Remove { stack, force }, &format!("stack {stack}")).await?;
+        tracing::info!(stack, force, "removed");
+        Ok(())
+    }
+
+    /// Plans the records that have no current plan (added or edited by hand); the leader does
+    /// this before it places. A record that cannot be planned gets a plan saying why.
+    pub async fn adopt(&self) -> Result<Decision, DeployError> {
+        let (_, decision) = self.change(&Change::Adopt, "the deploy folder").await?;
+        if !decision.ops.is_empty() {
+            tracing::info!(written = decision.written, removed = decision.removed, "plans adopted");
         }
-        Ok(removed > 0)
+        Ok(decision)
+    }
+
+    /// Writes job records (`viking config apply`), all or nothing.
+    pub async fn apply(&self, records: &[JobRecord]) -> Result<usize, DeployError> {
+        for r in records {
+            // Re-parse the canonical value, so what lands is exactly what is read back.
+            folder::parse_record(&r.key, &folder::record_value(&r.job))?;
+        }
+        self.change(&Change::Apply(records), "the deploy folder").await?;
+        Ok(records.len())
     }
 
     pub async fn stacks(&self) -> Result<Vec<StackSummary>, DeployError> {
-        let deployed = DeployedJobs::read(&self.store).await?;
-        Ok(deployed
-            .stacks()
-            .into_iter()
-            .map(|name| {
-                let jobs: Vec<&crate::stack::Job> = deployed.stack(&name).collect();
-                StackSummary {
-                    instances: jobs.iter().map(|j| j.scale).sum(),
-                    jobs: jobs.iter().map(|j| j.name.clone()).collect(),
-                    name,
-                }
-            })
-            .collect())
+        let state = self.state().await?;
+        Ok(summaries(&state))
     }
 
-    /// The deployed stack as a `Stack` (for env and plans of what runs).
-    pub async fn deployed_stack(&self, stack: &str) -> Result<(Stack, DeployedJobs), DeployError> {
-        let deployed = DeployedJobs::read(&self.store).await?;
-        Ok((stack_of(stack, &deployed)?, deployed))
-    }
-
-    /// The plan of a stack of `deployed` (allocating any port not yet allocated): what the
-    /// leader turns into intent.
-    pub async fn deployed_plan(
-        &self,
-        stack: &str,
-        deployed: &DeployedJobs,
-    ) -> Result<Plan, DeployError> {
-        let s = stack_of(stack, deployed)?;
-        Ok(plan(&s, deployed, self.ambassador, &Allocate(&self.ports)).await?)
-    }
-
-    /// The link environment `job` of `stack` gets (allocating any port not yet allocated).
+    /// The link environment `job` of `stack` runs with, from its stored plan.
     pub async fn env(
         &self,
         stack: &str,
         job: &str,
     ) -> Result<BTreeMap<String, String>, DeployError> {
-        let (s, deployed) = self.deployed_stack(stack).await?;
-        let p = plan(&s, &deployed, self.ambassador, &Allocate(&self.ports)).await?;
-        p.jobs
-            .into_iter()
-            .find(|pj| pj.job.name == job)
-            .map(|pj| pj.link_env)
-            .ok_or_else(|| DeployError::NotFound(format!("stack {stack} has no job {job}")))
+        Ok(self.job(stack, job).await?.1)
+    }
+
+    /// A job's record and its link environment, from its stored plan.
+    pub async fn job(
+        &self,
+        stack: &str,
+        job: &str,
+    ) -> Result<(Job, BTreeMap<String, String>), DeployError> {
+        let records = DeployedJobs::read(&self.store).await?;
+        let Some(record) = records.jobs.get(&(stack.to_owned(), job.to_owned())) else {
+            return Err(DeployError::NotFound(format!("stack {stack} has no job {job}")));
+        };
+        let plan = self
+            .store
+            .get(&super::plans::plan_key(stack, job))
+            .await?
+            .and_then(|kv| serde_json::from_slice::<super::plans::JobPlan>(&kv.value).ok());
+        match plan {
+            Some(p) if p.record == super::plans::record_hash(record) || p.error.is_some() => {
+                Ok((record.clone(), p.env))
+            }
+            _ => Err(DeployError::NotPlanned(format!(
+                "{stack}/{job} is not planned yet: the leader plans records added by hand \
+                 before it places them"
+            ))),
+        }
     }
 
     /// Every job record (for `viking config export`).
     pub async fn records(&self) -> Result<DeployedJobs, DeployError> {
         Ok(DeployedJobs::read(&self.store).await?)
     }
-
-    /// Writes job records (`viking config apply`), all in one transaction.
-    pub async fn apply(&self, records: &[JobRecord]) -> Result<usize, DeployError> {
-        for r in records {
-            // Re-parse the canonical value, so what lands is exactly what is read back.
-            parse_record(&r.key, &record_value(&r.job))?;
-        }
-        let ops: Vec<Op> =
-            records.iter().map(|r| Op::put(r.key.clone(), record_value(&r.job))).collect();
-        self.store.txn(Txn::when([]).then(ops)).await?;
-        Ok(records.len())
-    }
 }
 
-/// One stack of the deploy folder as a `Stack`.
-fn stack_of(stack: &str, deployed: &DeployedJobs) -> Result<Stack, DeployError> {
-    let jobs: Vec<ParsedJob> = deployed
-        .stack(stack)
-        .map(|j| ParsedJob { link_lines: vec![0; j.links.len()], job: j.clone(), line: 0 })
-        .collect();
-    if jobs.is_empty() {
-        return Err(DeployError::NotFound(format!("stack {stack} is not deployed")));
+/// `viking stacks`: each stack with its jobs and what is wrong with it.
+fn summaries(state: &DeployState) -> Vec<StackSummary> {
+    let mut out: BTreeMap<String, StackSummary> = BTreeMap::new();
+    let entry = |out: &mut BTreeMap<String, StackSummary>, name: &str| {
+        out.entry(name.to_owned()).or_insert_with(|| StackSummary {
+            name: name.to_owned(),
+            jobs: Vec::new(),
+            instances: 0,
+            problems: Vec::new(),
+        });
+    };
+    for ((stack, name), job) in &state.records.jobs {
+        entry(&mut out, stack);
+        let Some(s) = out.get_mut(stack) else { continue };
+        s.jobs.push(name.clone());
+        s.instances += job.scale;
+        match state.plans.get(stack, name) {
+            None => s.problems.push(format!("{name}: not planned yet")),
+            Some(p) if p.error.is_none() && p.record != super::plans::record_hash(job) => {
+                s.problems.push(format!("{name}: its record changed; not planned yet"))
+            }
+            Some(p) => s.problems.extend(p.problems().into_iter().map(|w| format!("{name}: {w}"))),
+        }
     }
-    Ok(Stack {
-        name: stack.to_owned(),
-        file: stack_prefix(stack).into(),
-        format: Format::Viking,
-        jobs,
-    })
+    for e in &state.records.invalid {
+        let key = e.file.to_string_lossy();
+        let Some(stack) = key.strip_prefix(folder::PREFIX).and_then(|r| r.split_once('/')) else {
+            continue;
+        };
+        entry(&mut out, stack.0);
+        if let Some(s) = out.get_mut(stack.0) {
+            s.problems.push(format!("{e} (the job keeps what it runs)"));
+        }
+    }
+    out.into_values().collect()
 }

@@ -1,10 +1,17 @@
 //! Deployments: stacks written to the deployment config folder (`/viking/deploy/<stack>/<job>`)
-//! and read back, including job files operators add there by hand (seed 000).
+//! with the plan of each job (`/viking/plan/<stack>/<job>`), and read back, including job
+//! files operators add there by hand (seed 000).
 //!
 //! - `folder`: job records in the store, and `viking config export|apply` to a real folder
-//! - `deployer`: deploy (plan + allocate + write, all or nothing), remove, list, env
+//! - `plans`: the plan stored with each job (links, ambassador ports, link env)
+//! - `planner`: what a change (deploy, rm, apply, adopt) makes of records, plans and ports:
+//!   pure
+//! - `deployer`: read, decide, commit all or nothing; the API's and the leader's entry
 mod deployer;
 pub mod folder;
+pub mod planner;
+pub mod plans;
 
 pub use deployer::{DeployError, Deployer, StackSummary};
 pub use folder::{DeployedJobs, JobRecord};
+pub use plans::{JobPlan, Plans};

@@ -10,11 +10,12 @@
 //! The part before `;` names the service: a bare name (any environment) or an etcd path
 //! under `/services/` (a path may end at the service or go on to its port); `[...]` lists
 //! tags every endpoint must carry. After `;`: the port the container connects to on
-//! 127.0.0.1, and the protocol (tcp when left out).
+//! 127.0.0.1, and the protocol (tcp when left out). Viking adds an optional last part,
+//! `;balance=least_conn` (random, round_robin, least_conn; round robin when left out).
 use std::fmt;
 
 use super::registration::{Endpoint, PREFIX};
-use crate::datapath::Proto;
+use crate::datapath::{Algo, Proto};
 
 pub const ENV_PREFIX: &str = "BACKEND_";
 
@@ -34,6 +35,8 @@ pub struct Descriptor {
     pub tags: Vec<String>,
     pub port: u16,
     pub proto: Proto,
+    /// How connections spread over the endpoints (`None`: the agent's default).
+    pub balance: Option<Algo>,
 }
 
 /// A descriptor that does not parse: the variable's name and why.
@@ -54,7 +57,11 @@ impl fmt::Display for Descriptor {
         if !self.tags.is_empty() {
             write!(f, "[{}]", self.tags.join(","))?;
         }
-        write!(f, ";{}/{}", self.port, self.proto)
+        write!(f, ";{}/{}", self.port, self.proto)?;
+        if let Some(b) = self.balance {
+            write!(f, ";balance={b}")?;
+        }
+        Ok(())
     }
 }
 
@@ -65,8 +72,22 @@ impl Descriptor {
             value: value.to_owned(),
             reason: reason.to_owned(),
         };
-        let (spec, local) =
-            value.rsplit_once(';').ok_or_else(|| err("expected NAME[TAGS];PORT/PROTO (no ';')"))?;
+        let (value_part, balance) = match value.rsplit_once(';') {
+            Some((head, opt)) if opt.trim().starts_with("balance=") => {
+                let algo = opt.trim().trim_start_matches("balance=");
+                let algo = match algo {
+                    "random" | "round_robin" | "least_conn" => {
+                        algo.parse::<Algo>().map_err(|e| err(&e))?
+                    }
+                    _ => return Err(err("balance= is random, round_robin or least_conn")),
+                };
+                (head, Some(algo))
+            }
+            _ => (value, None),
+        };
+        let (spec, local) = value_part
+            .rsplit_once(';')
+            .ok_or_else(|| err("expected NAME[TAGS];PORT/PROTO (no ';')"))?;
         let (port, proto) = match local.trim().split_once('/') {
             Some((p, proto)) => (p, proto.parse::<Proto>().map_err(|e| err(&e))?),
             None => (local.trim(), Proto::Tcp),
@@ -107,7 +128,7 @@ impl Descriptor {
             }
             ServiceRef::Name(name.to_owned())
         };
-        Ok(Self { var: var.to_owned(), service, tags, port, proto })
+        Ok(Self { var: var.to_owned(), service, tags, port, proto, balance })
     }
 
     /// Every `BACKEND_*` variable of an environment: the good ones, and the bad ones with why.
@@ -162,6 +183,10 @@ mod tests {
         assert!(d.tags.is_empty());
         assert_eq!(Descriptor::parse("BACKEND_DNS", "dns;53/udp").unwrap().proto, Proto::Udp);
         assert_eq!(Descriptor::parse("BACKEND_X", "x;80").unwrap().proto, Proto::Tcp);
+        let d = Descriptor::parse("BACKEND_X", "redis[prod];6379/tcp;balance=least_conn").unwrap();
+        assert_eq!((d.port, d.balance), (6379, Some(Algo::LeastConn)));
+        assert_eq!(d.to_string(), "redis[prod];6379/tcp;balance=least_conn");
+        assert_eq!(Descriptor::parse("BACKEND_X", "x;80").unwrap().balance, None);
     }
 
     #[test]
@@ -176,6 +201,7 @@ mod tests {
             (";80", "empty"),
             ("re dis;80", "spaces"),
             ("redis[a b];80", "tag"),
+            ("redis;80;balance=fastest", "balance="),
         ] {
             let e = Descriptor::parse("BACKEND_BAD", v).unwrap_err();
             assert_eq!(e.var, "BACKEND_BAD");

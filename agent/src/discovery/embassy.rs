@@ -116,7 +116,7 @@ pub fn desired(
                     let spec = ServiceSpec {
                         name: super::endpoints::fit_name(&format!("{}:{}", c.id, d.var)),
                         frontend,
-                        algo,
+                        algo: d.balance.unwrap_or(algo),
                         backends: backends.into_iter().collect(),
                     };
                     v.insert((d, c.id.clone(), spec));

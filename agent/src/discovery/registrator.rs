@@ -1,7 +1,15 @@
 //! The registrator: every running instance with ports is registered at
-//! `/services/<stack>/<stack>_<job>/<port>/<host_port>/<instance>` in seed 002's format, under
+//! `/services/<stack>/<stack>_<job>/<port>/<host_port>/<instance>` (`<instance>.udp` for a UDP
+//! port, so a job with the same port on TCP and UDP keeps both) in seed 002's format, under
 //! the agent's lease (a host that dies takes its registrations with it). Each pass compares
-//! what should be registered with what this host has registered and repairs both ways.
+//! what should be registered with what this agent registered and repairs both ways.
+//!
+//! What this agent owns is what it can prove it wrote: the records under its own lease.
+//! Records another registrator wrote, even under this host's name, are left alone.
+//!
+//! A record's `env` is the instance's environment, as the seed's example shows, without the
+//! variables that look secret (a name containing PASSWORD, SECRET, TOKEN, KEY, CREDENTIAL or
+//! PRIVATE) and without those the job lists in `VIKING_PRIVATE_ENV` (comma-separated names).
 use std::collections::BTreeMap;
 
 use super::registration::{Registration, RegistrationKey, PREFIX};
@@ -22,13 +30,18 @@ pub fn wanted(
     for i in instances.iter().filter(|i| i.state == InstanceState::Running) {
         let Some(address) = i.address else { continue };
         let service = service_name(&i.stack, &i.job);
+        let env = public_env(&i.env);
         for (port, host_port) in &i.ports {
+            let id = match port.proto {
+                crate::datapath::Proto::Udp => format!("{}.udp", i.name),
+                crate::datapath::Proto::Tcp => i.name.clone(),
+            };
             let key = RegistrationKey {
                 env: i.stack.clone(),
                 service: service.clone(),
                 port: port.port,
                 host_port: *host_port,
-                id: i.name.clone(),
+                id,
             };
             let record = Registration {
                 id: i.handle.clone(),
@@ -40,7 +53,7 @@ pub fn wanted(
                 name: i.name.clone(),
                 image: images.get(&i.name).cloned().unwrap_or_default(),
                 tags: tags.get(&i.name).cloned().unwrap_or_default(),
-                env: BTreeMap::new(),
+                env: env.clone(),
                 hostname: Some(i.name.clone()),
                 path: Some(key.to_key()),
             };
@@ -52,14 +65,30 @@ pub fn wanted(
     out
 }
 
-/// The registrations this host made, among `all` (its name in the record's `host`).
-pub fn mine<'a>(node: &str, all: &'a [KeyValue]) -> BTreeMap<&'a str, &'a KeyValue> {
+/// The registrations this agent made, among `all`: those under its lease.
+pub fn mine(lease: LeaseId, all: &[KeyValue]) -> BTreeMap<&str, &KeyValue> {
     all.iter()
-        .filter(|kv| kv.key.starts_with(PREFIX))
-        .filter(|kv| {
-            serde_json::from_slice::<Registration>(&kv.value).is_ok_and(|r| r.host == node)
-        })
+        .filter(|kv| kv.key.starts_with(PREFIX) && kv.lease == Some(lease))
         .map(|kv| (kv.key.as_str(), kv))
+        .collect()
+}
+
+/// Words in a variable's name that keep it out of registrations.
+const SECRET_WORDS: &[&str] =
+    &["PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE"];
+
+/// An instance's environment as its registration shows it: secrets left out.
+pub fn public_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let private: Vec<&str> = env
+        .get("VIKING_PRIVATE_ENV")
+        .map(|v| v.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    env.iter()
+        .filter(|(k, _)| {
+            let upper = k.to_ascii_uppercase();
+            !SECRET_WORDS.iter().any(|w| upper.contains(w)) && !private.contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
@@ -84,4 +113,27 @@ pub async fn sync<S: Store>(
         }
     }
     Ok((written, removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_registrations() {
+        let env: BTreeMap<String, String> = [
+            ("PATH", "/bin"),
+            ("DB_PASSWORD", "x"),
+            ("api_token", "x"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("MODE", "prod"),
+            ("INTERNAL_URL", "x"),
+            ("VIKING_PRIVATE_ENV", "INTERNAL_URL"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let public: Vec<String> = public_env(&env).into_keys().collect();
+        assert_eq!(public, ["MODE", "PATH"]);
+    }
 }

@@ -37,12 +37,12 @@ use crate::{
 /// change, whichever is first).
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The ambassador-port services the datapath should hold.
+/// The ambassador-port services the datapath should hold, each balanced as its allocation
+/// says.
 pub fn desired(
     allocations: &[PortAllocation],
     endpoints: &Endpoints,
     ambassador: IpAddr,
-    algo: Algo,
 ) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
     for a in allocations {
@@ -61,13 +61,16 @@ pub fn desired(
                 .filter(|b| b.is_ipv4() == ambassador.is_ipv4() || ambassador.is_ipv6())
                 .collect();
             out.push(ServiceSpec {
-                name: fit_name(&format!("{}:{}", a.service, a.port)),
+                name: fit_name(&match a.variant {
+                    None => format!("{}:{}", a.service, a.port),
+                    Some(v) => format!("{}:{}@{v}", a.service, a.port),
+                }),
                 frontend: Frontend {
                     addr: SocketAddr::new(ambassador, a.ambassador_port),
                     proto,
                     netns: 0,
                 },
-                algo,
+                algo: a.balance,
                 backends: backends.into_iter().collect(),
             });
         }
@@ -268,11 +271,7 @@ fn diff_into(
 
 impl View {
     fn allocation(kv: &KeyValue) -> Option<PortAllocation> {
-        let rest = kv.key.strip_prefix(keys::PORTS)?;
-        let (service, port) = rest.rsplit_once('/')?;
-        let port: u16 = port.parse().ok()?;
-        let ambassador_port: u16 = kv.text().ok()?.trim().parse().ok()?;
-        Some(PortAllocation { service: service.to_owned(), port, ambassador_port })
+        PortAllocation::parse(kv).ok()
     }
 
     fn put_allocation(&mut self, kv: &KeyValue) {
@@ -350,7 +349,7 @@ impl View {
     }
 
     /// The ambassador-port services of one service name.
-    fn ambassador_specs(&self, service: &str, ambassador: IpAddr, algo: Algo) -> Vec<ServiceSpec> {
+    fn ambassador_specs(&self, service: &str, ambassador: IpAddr) -> Vec<ServiceSpec> {
         let from = format!("{}{service}/", keys::PORTS);
         let allocations: Vec<PortAllocation> = self
             .allocations
@@ -360,7 +359,7 @@ impl View {
             .filter(|a| a.service == service)
             .cloned()
             .collect();
-        desired(&allocations, &self.endpoints, ambassador, algo)
+        desired(&allocations, &self.endpoints, ambassador)
     }
 
     /// One programming pass over what changed (everything, when the programmer or the view
@@ -382,7 +381,7 @@ impl View {
             }
             let wanted: BTreeMap<String, Vec<ServiceSpec>> = by_service
                 .into_iter()
-                .map(|(s, a)| (s.to_owned(), desired(&a, &self.endpoints, ambassador, algo)))
+                .map(|(s, a)| (s.to_owned(), desired(&a, &self.endpoints, ambassador)))
                 .collect();
             self.ambassador = wanted;
             let (scoped, problems) = embassy::desired(containers, &self.endpoints, algo);
@@ -393,7 +392,7 @@ impl View {
         }
         let mut changes = Vec::new();
         for service in &dirty.services {
-            let new = self.ambassador_specs(service, ambassador, algo);
+            let new = self.ambassador_specs(service, ambassador);
             let old = self.ambassador.remove(service).unwrap_or_default();
             diff_into(&mut changes, &old, &new);
             if !new.is_empty() {
@@ -550,9 +549,15 @@ mod tests {
             let v = format!(r#"{{"ipaddress": "{ip}", "host_port": 1}}"#);
             e.insert(Endpoint::parse(key, v.as_bytes()).unwrap());
         }
-        let a =
-            PortAllocation { service: "shared_mongo".into(), port: 27017, ambassador_port: 20000 };
-        let specs = desired(&[a], &e, "127.0.0.1".parse().unwrap(), Algo::Random);
+        let a = PortAllocation {
+            service: "shared_mongo".into(),
+            port: 27017,
+            ambassador_port: 20000,
+            balance: Algo::LeastConn,
+            variant: None,
+        };
+        let specs = desired(&[a], &e, "127.0.0.1".parse().unwrap());
+        assert_eq!(specs[0].algo, Algo::LeastConn);
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].backends.len(), 2);
         e.remove("/services/prod/shared_mongo/27017/40000/a");

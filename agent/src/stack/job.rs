@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::names::Link;
-use crate::datapath::Proto;
+use crate::datapath::{Algo, Proto};
 
 /// A container port a job listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -87,6 +87,9 @@ pub struct Job {
     /// Not restarted on new code pushes.
     #[serde(rename = "static")]
     pub is_static: bool,
+    /// How connections through links to this job are balanced (default: round robin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<Algo>,
 }
 
 impl Job {
@@ -108,6 +111,7 @@ impl Job {
             daemonize: false,
             fixed: false,
             is_static: false,
+            balance: None,
         }
     }
 }

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::datapath::Algo;
+
 /// Why a name is refused, or Ok.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
@@ -48,12 +50,14 @@ pub fn env_name(s: &str) -> String {
         .collect()
 }
 
-/// A link from a job to a service: `stack/job`, `job` (same stack), or fig's `job:alias`.
+/// A link from a job to a service: `stack/job`, `job` (same stack), or fig's `job:alias`; with
+/// the balance this link wants, when it is not the service's own.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Link {
     pub stack: Option<String>,
     pub job: String,
     pub alias: Option<String>,
+    pub balance: Option<Algo>,
 }
 
 impl Link {
@@ -73,7 +77,7 @@ impl Link {
         if let Some(a) = &alias {
             check_name(a).map_err(|e| format!("link {s:?}: alias {e}"))?;
         }
-        Ok(Self { stack, job, alias })
+        Ok(Self { stack, job, alias, balance: None })
     }
 
     /// The stack the linked job is in, given the stack the link is written in.
@@ -111,16 +115,38 @@ impl fmt::Display for Link {
     }
 }
 
+/// A link with a balance of its own, as a record holds it.
+#[derive(Serialize, Deserialize)]
+struct LinkWithBalance {
+    to: String,
+    balance: Algo,
+}
+
+/// In a job record: `"shared/mongo"`, or `{"to": "shared/mongo", "balance": "least_conn"}`.
 impl Serialize for Link {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.balance {
+            None => s.collect_str(self),
+            Some(balance) => LinkWithBalance { to: self.to_string(), balance }.serialize(s),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Link {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Plain(String),
+            Balanced(LinkWithBalance),
+        }
+        let (text, balance) = match Either::deserialize(d)? {
+            Either::Plain(s) => (s, None),
+            Either::Balanced(l) => (l.to, Some(l.balance)),
+        };
+        let mut link = Self::parse(&text).map_err(serde::de::Error::custom)?;
+        link.balance = balance;
+        Ok(link)
     }
 }
 
@@ -138,6 +164,17 @@ mod tests {
         assert_eq!(Link::parse("db:store").unwrap().env_prefix("web"), "STORE");
         assert_eq!(Link::parse("my-db").unwrap().env_prefix("web"), "MY_DB");
         assert_eq!(service_name("shared", "mongo"), "shared_mongo");
+    }
+
+    #[test]
+    fn links_keep_their_balance_in_records() {
+        let mut l = Link::parse("shared/mongo:db").unwrap();
+        assert_eq!(serde_json::to_string(&l).unwrap(), r#""shared/mongo:db""#);
+        l.balance = Some(Algo::LeastConn);
+        let json = serde_json::to_string(&l).unwrap();
+        assert_eq!(json, r#"{"to":"shared/mongo:db","balance":"least_conn"}"#);
+        assert_eq!(serde_json::from_str::<Link>(&json).unwrap(), l);
+        assert!(serde_json::from_str::<Link>(r#"{"to":"x","balance":"fastest"}"#).is_err());
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::Serialize;
 
+use crate::datapath::Algo;
+
 use super::{
     error::StackError,
     job::{Job, Port},
@@ -211,9 +213,10 @@ pub fn parse_job(
             "link" | "links" => {
                 for (i, l) in ctx.list(v, key)?.into_iter().enumerate() {
                     let field = format!("{key}[{i}]");
-                    let link =
-                        Link::parse(ctx.scalar(l, &field)?).map_err(|e| ctx.err(l, &field, e))?;
-                    if !job.links.contains(&link) {
+                    let link = link(&ctx, l, &field)?;
+                    if !job.links.iter().any(|o| {
+                        o.stack == link.stack && o.job == link.job && o.alias == link.alias
+                    }) {
                         job.links.push(link);
                         link_lines.push(l.line);
                     }
@@ -232,13 +235,57 @@ pub fn parse_job(
             "daemonize" | "deamonize" => daemonize = Some(ctx.boolean(v, key)?),
             "fixed" => fixed = Some(ctx.boolean(v, key)?),
             "static" => job.is_static = ctx.boolean(v, key)?,
+            "balance" => job.balance = Some(balance(&ctx, v, key)?),
             other if compose && COMPOSE_IGNORED.contains(&other) => {}
             other => return Err(ctx.err(k, other, "unknown field")),
         }
     }
     job.daemonize = daemonize.unwrap_or(!job.ports.is_empty());
-    job.fixed = fixed.unwrap_or(!job.volumes.is_empty() || job.is_static);
+    // NB: seed 003: a job with volumes, or with VIKING_FIXED in its environment, is fixed.
+    let fixed_env = job
+        .env
+        .get("VIKING_FIXED")
+        .is_some_and(|v| !matches!(v.as_str(), "" | "0" | "false" | "no"));
+    job.fixed = fixed.unwrap_or(!job.volumes.is_empty() || job.is_static || fixed_env);
     Ok(ParsedJob { job, line: node.line, link_lines })
+}
+
+/// A link: `stack/job[:alias]`, or a mapping `{to: stack/job[:alias], balance: least_conn}`.
+fn link(ctx: &Ctx, l: &Node, field: &str) -> Result<Link, StackError> {
+    if l.as_map().is_none() {
+        return Link::parse(ctx.scalar(l, field)?).map_err(|e| ctx.err(l, field, e));
+    }
+    let mut to = None;
+    let mut bal = None;
+    for (k, v) in l.as_map().unwrap_or_default() {
+        match ctx.scalar(k, field)? {
+            "to" | "link" | "name" => {
+                let f = format!("{field}.to");
+                to = Some(Link::parse(ctx.scalar(v, &f)?).map_err(|e| ctx.err(v, &f, e))?);
+            }
+            "balance" => bal = Some(balance(ctx, v, &format!("{field}.balance"))?),
+            other => {
+                return Err(ctx.err(k, &format!("{field}.{other}"), "unknown field (to, balance)"))
+            }
+        }
+    }
+    let mut link = to.ok_or_else(|| ctx.err(l, field, "a link mapping needs `to: stack/job`"))?;
+    link.balance = bal;
+    Ok(link)
+}
+
+fn balance(ctx: &Ctx, v: &Node, key: &str) -> Result<Algo, StackError> {
+    let s = ctx.scalar(v, key)?;
+    match s {
+        "random" | "round_robin" | "least_conn" => {
+            s.parse().map_err(|e: String| ctx.err(v, key, e))
+        }
+        other => Err(ctx.err(
+            v,
+            key,
+            format!("{other:?} is not a balance (random, round_robin, least_conn)"),
+        )),
+    }
 }
 
 fn count(ctx: &Ctx, v: &Node, key: &str) -> Result<u32, StackError> {

@@ -38,6 +38,9 @@ pub enum StoreError {
     BadKey { store: String, key: String, reason: &'static str },
     #[error("{store}: the store is closed")]
     Closed { store: String },
+    /// A request over etcd's limits (`store::limits`): refused whole, never worth retrying.
+    #[error("{store}: {op} {key}: refused: {limit}")]
+    Limit { store: String, op: &'static str, key: String, limit: super::limits::Limit },
 }
 
 impl StoreError {

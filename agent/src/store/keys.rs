@@ -4,6 +4,7 @@
 //! ```text
 //! /viking/hosts/<host>                          membership (leased)
 //! /viking/deploy/<stack>/<job>                  job definitions
+//! /viking/plan/<stack>/<job>                    what a deploy resolved: links, ports, env
 //! /viking/proc/<host>/<stack>/<job>/<index>     intent, written by the leader
 //! /viking/ps/<host>/<stack>/<job>/<index>       actual state (leased)
 //! /viking/alloc/ports/next                      port counter
@@ -13,12 +14,14 @@
 //! /viking/history/<stack>/<job>                 where it ran
 //! /viking/waiting/<stack>/<job>/<index>         why an instance is not placed
 //! /viking/leader                                election
+//! /viking/journal/...                           bulk writes in progress (store::bulk)
 //! /services/<env>/<service>/<port>/<host_port>/<id>   registrations (seed 002)
 //! ```
 
 pub const ROOT: &str = "/viking/";
 pub const HOSTS: &str = "/viking/hosts/";
 pub const DEPLOY: &str = "/viking/deploy/";
+pub const PLANS: &str = "/viking/plan/";
 pub const PROC: &str = "/viking/proc/";
 pub const PS: &str = "/viking/ps/";
 pub const PORTS: &str = "/viking/alloc/ports/";
@@ -28,6 +31,8 @@ pub const IPS: &str = "/viking/alloc/ips/";
 pub const HISTORY: &str = "/viking/history/";
 pub const WAITING: &str = "/viking/waiting/";
 pub const LEADER: &str = "/viking/leader";
+/// Bulk writes in progress (`store::bulk`).
+pub const JOURNAL: &str = "/viking/journal/";
 pub const SERVICES: &str = "/services/";
 
 /// Why a name cannot be one segment of a key, if it cannot.

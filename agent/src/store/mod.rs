@@ -9,6 +9,7 @@
 //!   word that some prefixes changed.
 //! - `keys`: the key layout.
 mod any;
+pub mod bulk;
 mod changes;
 mod election;
 pub mod embedded;
@@ -16,6 +17,7 @@ mod error;
 pub mod etcd;
 pub mod keys;
 mod lease;
+pub mod limits;
 mod mirror;
 mod spec;
 mod types;

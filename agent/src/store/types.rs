@@ -134,6 +134,21 @@ impl Txn {
         self.otherwise = ops.into_iter().collect();
         self
     }
+    /// The key a message about this transaction names: its first compare's, else its first
+    /// operation's.
+    pub fn first_key(&self) -> &str {
+        self.when
+            .first()
+            .map(|c| match c {
+                Compare::Absent(k)
+                | Compare::ModRevision(k, _)
+                | Compare::Value(k, _)
+                | Compare::PrefixUnchangedSince(k, _) => k.as_str(),
+            })
+            .or_else(|| self.then.first().map(Op::key))
+            .unwrap_or_default()
+    }
+
     /// A read-only transaction: several keys read in one consistent snapshot.
     pub fn read(keys: impl IntoIterator<Item = String>) -> Self {
         Self { then: keys.into_iter().map(|key| Op::Get { key }).collect(), ..Self::default() }

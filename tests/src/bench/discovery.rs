@@ -365,6 +365,8 @@ fn passes(
             service: service_name(i),
             port: 80,
             ambassador_port: DEFAULT_PORT_RANGE.first + i as u16,
+            balance: Algo::Random,
+            variant: None,
         })
         .collect();
     let mut endpoints = Endpoints::default();
@@ -377,13 +379,13 @@ fn passes(
     let us = |t: Instant| t.elapsed().as_secs_f64() * 1e6;
     for r in 0..reps {
         let t = Instant::now();
-        let want = sync::desired(&allocations, &endpoints, ambassador, Algo::Random);
+        let want = sync::desired(&allocations, &endpoints, ambassador);
         desired.push(us(t));
         drop(want);
 
         p.resync();
         let t = Instant::now();
-        let want = sync::desired(&allocations, &endpoints, ambassador, Algo::Random);
+        let want = sync::desired(&allocations, &endpoints, ambassador);
         let done = p.program(&mut datapath.table, want);
         full.push(us(t));
         if done.failed > 0 || !done.full {
@@ -395,7 +397,7 @@ fn passes(
         endpoints.insert(Endpoint::parse(&registration_key(i), &registration(i, host_ports[i]))?);
         // What the loop does for one changed registration: that service's specs, patched.
         let t = Instant::now();
-        let want = sync::desired(&allocations[i..=i], &endpoints, ambassador, Algo::Random);
+        let want = sync::desired(&allocations[i..=i], &endpoints, ambassador);
         let done = p.patch(&mut datapath.table, want.into_iter().map(|s| (s.frontend, Some(s))));
         diff.push(us(t));
         if done.upserted != 1 || done.full || done.failed > 0 {

@@ -7,12 +7,16 @@
 //!   `/burst/<writer>/<n>` from WRITERS concurrent tasks, printing `ACK <key> <revision>` for
 //!   each write the store has acknowledged.
 //!
+//! - `vk-store bulk STORE KEYS`: commits generation after generation of a bulk write of
+//!   KEYS puts `/bulk/k/<i>` = `<generation>` (all or nothing, `store::bulk`), printing
+//!   `COMMITTED <generation>` after each.
+//!
 //! STORE is a `--store` argument (etcd://.. or embedded:DIR).
 use std::{io::Write as _, time::Duration};
 
 use viking::{
     cluster::{self, membership, HostInfo},
-    store::{AnyStore, EmbeddedStore, EtcdOptions, Store, StoreSpec},
+    store::{bulk, AnyStore, EmbeddedStore, EtcdOptions, Op, Store, StoreSpec},
 };
 
 fn say(line: String) {
@@ -22,7 +26,10 @@ fn say(line: String) {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: vk-store campaign STORE ID TTL | member STORE HOST TTL | burst DIR WRITERS");
+    eprintln!(
+        "usage: vk-store campaign STORE ID TTL | member STORE HOST TTL | burst DIR WRITERS \
+         | bulk STORE KEYS"
+    );
     std::process::exit(2)
 }
 
@@ -91,6 +98,18 @@ async fn main() {
             }
             for t in tasks {
                 let _ = t.await;
+            }
+        }
+        ["bulk", spec, keys] => {
+            let store = open(spec).await;
+            let keys: usize = keys.parse().unwrap_or_else(|_| usage());
+            for generation in 1u64.. {
+                let ops = (0..keys)
+                    .map(|i| Op::put(format!("/bulk/k/{i:05}"), generation.to_string()))
+                    .collect();
+                let done = bulk::commit(&store, Vec::new(), ops).await;
+                assert!(done.unwrap_or_else(|e| panic!("{e}")), "no compare to fail");
+                say(format!("COMMITTED {generation}"));
             }
         }
         _ => usage(),

@@ -209,7 +209,9 @@ async fn job_records_added_by_hand_are_honoured_and_the_folder_round_trips() {
     }
     viking::deploy::folder::export(&jobs, &out).unwrap();
     assert!(out.join("extra/cache.json").is_file() && out.join("app/app.json").is_file());
-    api.delete("/v1/stacks/extra").await.unwrap();
+    // app links to it: removing it takes --force.
+    assert!(api.delete("/v1/stacks/extra").await.is_err());
+    api.delete("/v1/stacks/extra?force=true").await.unwrap();
     let records = viking::deploy::folder::import(&out).unwrap();
     let back: Vec<JobFile> =
         records.into_iter().map(|r| JobFile { stack: r.stack, job: r.job }).collect();

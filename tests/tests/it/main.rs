@@ -2,6 +2,7 @@
 //! again): a module per topic. They are privileged: each makes its own network namespaces,
 //! cgroups and bpffs directories and removes them on Drop, so they run in parallel.
 mod cluster;
+mod control;
 mod datapath;
 mod deploy;
 mod discovery;

@@ -324,6 +324,10 @@ impl EmbeddedStore {
             .map_err(|e| self.inner.shared.error(op, e))?
     }
 
+    fn limit(&self, op: &'static str, key: &str, limit: super::limits::Limit) -> StoreError {
+        StoreError::Limit { store: self.describe(), op, key: key.to_owned(), limit }
+    }
+
     fn unexpected(&self, op: &'static str) -> StoreError {
         self.inner.shared.error(op, "unexpected answer from the writer")
     }
@@ -422,6 +426,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
+        super::limits::check_put(key, &value).map_err(|limit| self.limit("put", key, limit))?;
         match self.write(Write::Put { key: key.into(), value, lease }).await? {
             Done::Revision(r) => Ok(r),
             _ => Err(self.unexpected("put")),
@@ -443,6 +448,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        super::limits::check_txn(&txn)
+            .map_err(|limit| self.limit("txn", txn.first_key(), limit))?;
         // NB: a transaction of gets only is a read: no trip through the writer.
         if txn.when.is_empty() && txn.then.iter().all(|o| matches!(o, super::Op::Get { .. })) {
             let keys: Vec<String> = txn.then.iter().map(|o| o.key().to_string()).collect();

@@ -79,6 +79,10 @@ fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
 }
 
 impl EtcdStore {
+    fn limit(&self, op: &'static str, key: &str, limit: super::limits::Limit) -> StoreError {
+        StoreError::Limit { store: self.describe(), op, key: key.to_owned(), limit }
+    }
+
     /// Connects to the cluster and checks that it answers: an unreachable cluster is an error
     /// naming the endpoints, not a hang.
     pub async fn connect(endpoints: &[String], options: &EtcdOptions) -> Result<Self> {
@@ -182,12 +186,15 @@ impl EtcdStore {
                     tracing::debug!(endpoints = %self.endpoints, op, key, "no answer; retrying");
                 }
                 Ok(Err(source)) => {
+                    if let Some(limit) = refused_for_size(&source) {
+                        return Err(self.limit(op, key, limit));
+                    }
                     return Err(StoreError::Etcd {
                         endpoints: self.endpoints.to_string(),
                         op,
                         key: key.into(),
                         source,
-                    })
+                    });
                 }
                 Err(_) => {
                     return Err(StoreError::Timeout {
@@ -261,6 +268,16 @@ fn tls_hint(options: &EtcdOptions, reason: &str) -> Option<String> {
     }
 }
 
+/// etcd's own refusal of a request over its limits (ours are checked before sending, so this
+/// is a server configured below the defaults).
+fn refused_for_size(e: &etcd_client::Error) -> Option<super::limits::Limit> {
+    let message = e.to_string();
+    ["too many operations in txn request", "request is too large", "larger than max"]
+        .iter()
+        .any(|m| message.contains(m))
+        .then_some(super::limits::Limit::Server { message })
+}
+
 fn compare(c: &Compare) -> ECompare {
     match c {
         Compare::Absent(key) => ECompare::create_revision(key.as_str(), CompareOp::Equal, 0),
@@ -322,6 +339,7 @@ impl Store for EtcdStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
+        super::limits::check_put(key, &value).map_err(|limit| self.limit("put", key, limit))?;
         let resp = self
             .call("put", key, |c| {
                 let value = value.clone();
@@ -352,17 +370,8 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
-        let first_key = txn
-            .when
-            .first()
-            .map(|c| match c {
-                Compare::Absent(k)
-                | Compare::ModRevision(k, _)
-                | Compare::Value(k, _)
-                | Compare::PrefixUnchangedSince(k, _) => k.clone(),
-            })
-            .or_else(|| txn.then.first().map(|o| o.key().to_string()))
-            .unwrap_or_default();
+        let first_key = txn.first_key().to_owned();
+        super::limits::check_txn(&txn).map_err(|limit| self.limit("txn", &first_key, limit))?;
         let request = ETxn::new()
             .when(txn.when.iter().map(compare).collect::<Vec<_>>())
             .and_then(txn.then.iter().map(op).collect::<Vec<_>>())

@@ -2,6 +2,7 @@
 //! embedded store (`store_tests!`).
 mod addresses;
 mod bad_input;
+mod bulk;
 mod cli;
 mod cluster;
 mod embedded;
