@@ -107,6 +107,13 @@ pub struct FilterResult {
     /// Median of the per-repetition ratios to `none`.
     pub ratio_1_stream_to_none: Option<f64>,
     pub ratio_4_streams_to_none: Option<f64>,
+    /// CPU time per GB moved (iperf3's client and server processes, which without IRQ time
+    /// accounting carry the softirq work of the veths, bridge and filters, plus ksoftirqd):
+    /// the cost of the path, less exposed than throughput to what else the machine runs.
+    pub cpu_ms_per_gb_1_stream: f64,
+    pub cpu_ms_per_gb_4_streams: f64,
+    pub cpu_ratio_1_stream_to_none: Option<f64>,
+    pub cpu_ratio_4_streams_to_none: Option<f64>,
     pub syn: Option<SynResult>,
 }
 
@@ -324,8 +331,10 @@ impl World {
         &self.receivers[f as usize]
     }
 
-    fn iperf(&self, f: Filter, streams: usize, secs: u32) -> anyhow::Result<f64> {
+    /// (bits/s received, CPU ms per GB moved: iperf3's client and server plus ksoftirqd).
+    fn iperf(&self, f: Filter, streams: usize, secs: u32) -> anyhow::Result<(f64, f64)> {
         super::interrupted()?;
+        let k0 = ksoftirqd_ticks();
         let mut cmd = self.client.command("iperf3", None);
         cmd.args(["-c", &f.ip().to_string(), "-p", &IPERF_PORT.to_string()]).args([
             "-P",
@@ -341,9 +350,20 @@ impl World {
         if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
             bail!("iperf3 to {} ({}): {e}", f.name(), f.ip());
         }
-        v.pointer("/end/sum_received/bits_per_second")
-            .and_then(serde_json::Value::as_f64)
-            .context("iperf3: no end.sum_received.bits_per_second")
+        let k1 = ksoftirqd_ticks();
+        let num = |p: &str| {
+            v.pointer(p)
+                .and_then(serde_json::Value::as_f64)
+                .with_context(|| format!("iperf3: no {p}"))
+        };
+        let bps = num("/end/sum_received/bits_per_second")?;
+        let bytes = num("/end/sum_received/bytes")?;
+        let wall = num("/end/sum_received/seconds")?;
+        // NB: iperf3's CPU figures are its processes' CPU time over the test's wall time.
+        let cpu_pct = num("/end/cpu_utilization_percent/host_total")?
+            + num("/end/cpu_utilization_percent/remote_total")?;
+        let cpu_ms = cpu_pct / 100.0 * wall * 1000.0 + (k1 - k0) as f64 * jiffy_ms();
+        Ok((bps, cpu_ms / (bytes / 1e9).max(1e-9)))
     }
 
     /// Packets the receiver's filter has dropped so far.
@@ -481,9 +501,10 @@ async fn run_async(opts: &Options) -> anyhow::Result<()> {
     for rep in 0..plan.iperf_reps {
         for streams in [1usize, 4] {
             for f in order(rep) {
-                let gbps = w.iperf(f, streams, plan.iperf_secs)? / 1e9;
+                let (bps, cpu_per_gb) = w.iperf(f, streams, plan.iperf_secs)?;
+                let gbps = bps / 1e9;
                 println!(
-                    "    run {}/{}: {:<9} {streams} stream(s): {gbps:>7.2} Gbit/s",
+                    "    run {}/{}: {:<9} {streams} stream(s): {gbps:>7.2} Gbit/s, {cpu_per_gb:>5.0} CPU ms/GB",
                     rep + 1,
                     plan.iperf_reps,
                     f.name()
@@ -493,6 +514,12 @@ async fn run_async(opts: &Options) -> anyhow::Result<()> {
                     metric: format!("throughput, {streams} streams"),
                     rep,
                     value: gbps,
+                });
+                report.runs.push(Run {
+                    filter: f.name().into(),
+                    metric: format!("cpu ms per GB, {streams} streams"),
+                    rep,
+                    value: cpu_per_gb,
                 });
             }
         }
@@ -580,14 +607,19 @@ fn summarize(report: &mut VpcReport, syn: &[Vec<SynResult>; 3]) {
     for f in FILTERS {
         let one = "throughput, 1 streams";
         let four = "throughput, 4 streams";
+        let (cpu1, cpu4) = ("cpu ms per GB, 1 streams", "cpu ms per GB, 4 streams");
         let mut r = FilterResult {
             throughput_1_stream_gbps: median(&values(report, f, one)),
             throughput_4_streams_gbps: median(&values(report, f, four)),
+            cpu_ms_per_gb_1_stream: median(&values(report, f, cpu1)),
+            cpu_ms_per_gb_4_streams: median(&values(report, f, cpu4)),
             ..Default::default()
         };
         if f != Filter::None {
             r.ratio_1_stream_to_none = Some(median(&ratios(report, f, one)));
             r.ratio_4_streams_to_none = Some(median(&ratios(report, f, four)));
+            r.cpu_ratio_1_stream_to_none = Some(median(&ratios(report, f, cpu1)));
+            r.cpu_ratio_4_streams_to_none = Some(median(&ratios(report, f, cpu4)));
         }
         let runs = &syn[f as usize];
         if !runs.is_empty() {
@@ -646,26 +678,37 @@ fn print_report(r: &VpcReport) {
         (&r.load_before, &r.load_after),
     );
     println!();
-    println!("| receiver | 1 stream Gbit/s | / none | 4 streams Gbit/s | / none | SYNs dropped | reached TCP | CPU ms / M SYN | filter ns / packet |");
+    println!("| receiver | 1 stream Gbit/s | / none | 4 streams Gbit/s | / none | CPU ms/GB 1 stream | / none | CPU ms/GB 4 streams | / none |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, f) in [("none", &r.none), ("vpc", &r.vpc), ("nftables", &r.nftables)] {
         let ratio = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3}"));
-        let (dropped, reached, cpu, ns) = match &f.syn {
-            Some(s) => (
-                format!("{:.4}", s.drop_rate),
-                s.reached_tcp.to_string(),
-                format!("{:.0}", s.cpu_ms_per_million),
-                s.filter_ns_per_packet.map_or("-".into(), |n| format!("{n:.0}")),
-            ),
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
-        };
         println!(
-            "| {name} | {:.2} | {} | {:.2} | {} | {dropped} | {reached} | {cpu} | {ns} |",
+            "| {name} | {:.2} | {} | {:.2} | {} | {:.0} | {} | {:.0} | {} |",
             f.throughput_1_stream_gbps,
             ratio(f.ratio_1_stream_to_none),
             f.throughput_4_streams_gbps,
             ratio(f.ratio_4_streams_to_none),
+            f.cpu_ms_per_gb_1_stream,
+            ratio(f.cpu_ratio_1_stream_to_none),
+            f.cpu_ms_per_gb_4_streams,
+            ratio(f.cpu_ratio_4_streams_to_none),
         );
+    }
+    println!();
+    println!("| receiver | SYNs sent | dropped (rate) | reached TCP | CPU ms / M SYN | filter ns / packet |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (name, f) in [("none", &r.none), ("vpc", &r.vpc), ("nftables", &r.nftables)] {
+        if let Some(s) = &f.syn {
+            println!(
+                "| {name} | {} | {} ({:.4}) | {} | {:.0} | {} |",
+                s.sent,
+                s.dropped,
+                s.drop_rate,
+                s.reached_tcp,
+                s.cpu_ms_per_million,
+                s.filter_ns_per_packet.map_or("-".into(), |n| format!("{n:.0}")),
+            );
+        }
     }
     println!();
     println!("| goal | measured | target | met | per repetition |");
