@@ -60,11 +60,15 @@ struct ApiArgs {
     /// The API token (root-only file written by the agent; or set VIKING_TOKEN).
     #[arg(long, env = "VIKING_TOKEN_FILE", default_value = token::DEFAULT_TOKEN_FILE)]
     token_file: PathBuf,
+    /// The CA certificate (PEM) that signed the agent's API certificate: talk TLS, verified.
+    #[arg(long, env = "VIKING_API_CA")]
+    api_ca: Option<PathBuf>,
 }
 
 impl ApiArgs {
     fn client(&self) -> anyhow::Result<ApiClient> {
-        Ok(ApiClient::new(&self.server, token::read_local(&self.token_file)?))
+        let token = token::read_local(&self.token_file)?;
+        Ok(ApiClient::with_ca(&self.server, token, self.api_ca.as_deref())?)
     }
 }
 
@@ -85,9 +89,12 @@ enum Command {
         /// The store, and etcd's TLS files.
         #[command(flatten)]
         store: cli::store_args::StoreArgs,
-        /// Where this agent serves the API.
+        /// Where this agent serves the API (without TLS: a loopback address, unless
+        /// --api-insecure).
         #[arg(long, env = "VIKING_API", default_value = DEFAULT_API)]
         api: SocketAddr,
+        #[command(flatten)]
+        tls: cli::tls_args::AgentTlsArgs,
         /// The address other hosts reach this one on (default: the API's, or 127.0.0.1).
         #[arg(long)]
         address: Option<IpAddr>,
@@ -136,6 +143,21 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// Follow the rollout until every instance runs (placed, started, registered, in
+        /// the datapath): exit 0; or one fails: exit 1; or --timeout passes: exit 2.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// This host at a glance: the leader, members, store health, datapath, last sync,
+    /// instances by state, readiness.
+    Status {
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -166,12 +188,16 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Run a non-daemonized job here with stdin and stdout attached: `echo hi | viking run S/J`.
+    /// Run a job that runs to completion where the scheduler places it, with stdin and
+    /// stdout attached, and exit with its code: `echo hi | viking run S/J`.
     Run {
         target: String,
-        /// The cgroup the job runs below (the agent's, so its links work; default: the v2 root).
-        #[arg(long, env = "VIKING_CGROUP")]
-        cgroup: Option<PathBuf>,
+        /// Run it on this host only (seed 003).
+        #[arg(long = "viking-host")]
+        host: Option<String>,
+        /// Run it on a host with this tag (repeat for more; seed 003).
+        #[arg(long = "viking-filter")]
+        filter: Vec<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -300,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
             cleanup,
             store,
             api,
+            tls,
             address,
             tags,
             ambassador,
@@ -348,21 +375,28 @@ async fn main() -> anyhow::Result<()> {
                 tags,
                 token_file,
                 ambassador,
+                api_tls: tls.cert_and_key(),
+                api_ca: tls.api_ca,
+                api_insecure: tls.api_insecure,
             })
             .await
         }
-        Command::Deploy { path, name, dry_run, json, api } => {
-            cli::stacks::deploy(&api.client()?, &path, name.as_deref(), dry_run, json).await
+        Command::Deploy { path, name, dry_run, json, wait, timeout, api } => {
+            let client = api.client()?;
+            let stack = cli::stacks::deploy(&client, &path, name.as_deref(), dry_run, json).await?;
+            if wait && !dry_run {
+                let code = cli::status::wait(&client, &stack, timeout, json).await?;
+                std::process::exit(code)
+            }
+            Ok(())
         }
+        Command::Status { json, api } => cli::status::show(&api.client()?, json).await,
         Command::Ps { stack, json, api } => {
             cli::instances::ps(&api.client()?, stack.as_deref(), json).await
         }
-        Command::Run { target, cgroup, api } => {
-            let cgroup = match cgroup {
-                Some(c) => c,
-                None => mounts::cgroup2_root()?,
-            };
-            let code = cli::instances::run(&api.client()?, &target, cgroup).await?;
+        Command::Run { target, host, filter, api } => {
+            let code =
+                cli::instances::run(&api.client()?, &target, host.as_deref(), &filter).await?;
             std::process::exit(code)
         }
         Command::Rm { stack, force, api } => {

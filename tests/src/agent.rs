@@ -32,6 +32,8 @@ pub struct AgentProc {
     pub store: String,
     /// More `viking agent` arguments (runtime, host netns, address).
     pub extra: Vec<String>,
+    /// The CA that signed the API's certificate, when the agent serves TLS.
+    pub ca: Option<PathBuf>,
 }
 
 impl AgentProc {
@@ -48,6 +50,12 @@ impl AgentProc {
 
     /// Starts an agent with more arguments.
     pub async fn start_with(store: Option<&str>, extra: &[String]) -> Self {
+        Self::start_tls(store, extra, None).await
+    }
+
+    /// Starts an agent whose API speaks TLS (`extra` has `--api-cert`/`--api-key`) with a
+    /// certificate signed by `ca`.
+    pub async fn start_tls(store: Option<&str>, extra: &[String], ca: Option<PathBuf>) -> Self {
         crate::require_root();
         let node = unique("node");
         let dir = std::env::temp_dir().join(unique("vk-agent-"));
@@ -61,6 +69,7 @@ impl AgentProc {
             node,
             store: String::new(),
             extra: extra.to_vec(),
+            ca,
         };
         a.store = store
             .map_or_else(|| format!("embedded:{}", a.dir.join("store").display()), str::to_owned);
@@ -108,11 +117,23 @@ impl AgentProc {
         self.child = Some(ChildGuard::spawn(cmd));
     }
 
+    /// `http://API` or, with TLS, `https://API`.
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.api)
+    }
+
+    /// An HTTP client that trusts the API's CA (when it has one).
+    pub fn http(&self) -> reqwest::Client {
+        viking::api::tls::client(self.ca.as_deref()).expect("an HTTP client")
+    }
+
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let url = format!("http://{}/v1/health", self.api);
+        let url = self.url("/v1/health");
+        let http = self.http();
         while Instant::now() < deadline {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success())
+            if http.get(&url).send().await.is_ok_and(|r| r.status().is_success())
                 && self.token_file().exists()
             {
                 return;
@@ -124,8 +145,7 @@ impl AgentProc {
 
     /// Whether this agent leads now (its health answer says).
     pub async fn is_leader(&self) -> bool {
-        let url = format!("http://{}/v1/health", self.api);
-        match reqwest::get(&url).await {
+        match self.http().get(self.url("/v1/health")).send().await {
             Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|v| v["leader"] == true),
             Err(_) => false,
         }
@@ -133,11 +153,11 @@ impl AgentProc {
 
     pub fn client(&self) -> ApiClient {
         let token = std::fs::read_to_string(self.token_file()).expect("token file");
-        ApiClient::new(&self.api, token.trim().to_owned())
+        self.client_with(token.trim())
     }
 
     pub fn client_with(&self, token: &str) -> ApiClient {
-        ApiClient::new(&self.api, token.to_owned())
+        ApiClient::with_ca(&self.api, token.to_owned(), self.ca.as_deref()).expect("API client")
     }
 
     pub fn log(&self) -> String {

@@ -97,6 +97,7 @@ impl Cluster {
             file: file.display().to_string(),
             text: text.into(),
             dry_run: false,
+            contexts: Default::default(),
         };
         self.hosts[0].agent.client().post("/v1/deploy", &req).await.expect("deploy").expect("plan")
     }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench datapath|discovery|vpc [--json FILE] [--quick]`: setup, build, then the
+//! `cargo xtask bench datapath|discovery|agent|vpc [--json FILE] [--quick]`: setup, build, then the
 //! benchmark binary (tests/src/bin/vk-bench.rs), as root. Results: docs/benchmarks.md.
 use std::{path::PathBuf, process::Command};
 
@@ -10,8 +10,8 @@ use crate::{
 };
 
 pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()> {
-    if !["datapath", "discovery", "vpc"].contains(&which) {
-        bail!("unknown benchmark {which:?} (there are: datapath, discovery, vpc)");
+    if !["datapath", "discovery", "agent", "vpc"].contains(&which) {
+        bail!("unknown benchmark {which:?} (there are: datapath, discovery, agent, vpc)");
     }
     if !is_root() {
         bail!(
@@ -30,9 +30,21 @@ pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()
     {
         let _s = Step::new(1, 2, "build (release: agent library with its eBPF object, vk-bench)");
         exec(Command::new("cargo").args(["build", "--release", "-p", "viking-tests", "--bins"]))?;
+        if which == "agent" {
+            // The agent process it measures.
+            exec(Command::new("cargo").args([
+                "build",
+                "--release",
+                "-p",
+                "viking",
+                "--bin",
+                "viking",
+            ]))?;
+        }
     }
     let _s = match which {
         "discovery" => Step::new(2, 2, "bench discovery (about a minute; --quick: seconds)"),
+        "agent" => Step::new(2, 2, "bench agent (under a minute)"),
         "vpc" => Step::new(2, 2, "bench vpc (about two minutes; --quick: under a minute)"),
         _ => Step::new(2, 2, "bench datapath (a few minutes; --quick: under a minute)"),
     };

@@ -38,8 +38,9 @@ enum Command {
     /// Setup, build, then a benchmark (as root). `datapath`: Viking against direct
     /// connections, iptables DNAT and HAProxy, as ratios to direct (docs/benchmarks.md).
     Bench {
-        /// Which benchmark: datapath, discovery (store change -> datapath latency), vpc (the
-        /// host filter against no filter and nftables).
+        /// Which benchmark: datapath, discovery (store change -> datapath latency), agent
+        /// (memory and cold start with 10k services), vpc (the host filter against no filter
+        /// and nftables).
         which: String,
         /// Also write the results as JSON to FILE.
         #[arg(long, value_name = "FILE")]
@@ -48,12 +49,15 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// Build the local image viking/busybox:latest (busybox-static, `docker import`; nothing
-    /// is pulled) into the running dockerd.
+    /// Build the local images into the running dockerd, nothing pulled (`docker import`):
+    /// viking/agent:<version> (the agent, release build) and viking/busybox:latest.
     Image {
         /// The dockerd to import into (e.g. unix:///run/docker.sock); default: docker's own.
         #[arg(long)]
         host: Option<String>,
+        /// Put the debug build in the agent image as it is (no release build).
+        #[arg(long)]
+        debug: bool,
     },
 }
 
@@ -73,9 +77,22 @@ fn main() -> anyhow::Result<()> {
             demo::Options::default()
         }),
         Command::Bench { which, json, quick } => bench::run(&which, json, quick),
-        Command::Image { host } => {
+        Command::Image { host, debug } => {
             setup::run()?;
-            image::run(host.as_deref())
+            let profile = if debug { "debug" } else { "release" };
+            if !debug {
+                let _s = util::Step::new(1, 2, "build (release: the agent with its eBPF object)");
+                util::exec(std::process::Command::new("cargo").args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "viking",
+                    "--bin",
+                    "viking",
+                ]))?;
+            }
+            let _s = util::Step::new(2, 2, "images (docker import)");
+            image::run(host.as_deref(), &util::root().join("target").join(profile).join("viking"))
         }
     }
 }

@@ -1,14 +1,32 @@
 //! The CLI's side of the API.
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::ApiErrorBody;
+use std::path::Path;
+
+use super::{tls::TlsError, ApiErrorBody};
+
+/// An error and its causes, for a person: a TLS failure is two or three causes down.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot reach the Viking API at {url}: {source} (is `viking agent` running? --server)"
+        "cannot reach the Viking API at {url}: {detail} (is `viking agent` running? --server, \
+         --api-ca)"
     )]
-    Unreachable { url: String, source: reqwest::Error },
+    Unreachable { url: String, detail: String },
     #[error("{status}: {message}")]
     Refused { status: u16, message: String },
     #[error("unexpected answer from {url}: {source}")]
@@ -32,6 +50,28 @@ impl ApiClient {
         Self { base, token, http: reqwest::Client::new() }
     }
 
+    /// Like `new`, verifying the server with the CA certificates in `ca` (`--api-ca`): then
+    /// `HOST:PORT` means `https://HOST:PORT`. An `https://` server needs a CA.
+    pub fn with_ca(server: &str, token: String, ca: Option<&Path>) -> Result<Self, TlsError> {
+        let mut c = Self::new(server, token);
+        if ca.is_some() && !server.starts_with("http://") {
+            c.base = c.base.replacen("http://", "https://", 1);
+        }
+        if c.base.starts_with("https://") && ca.is_none() {
+            return Err(TlsError::Client(format!(
+                "{} needs --api-ca: the CA certificate that signed the agent's (VIKING_API_CA)",
+                c.base
+            )));
+        }
+        c.http = super::tls::client(ca)?;
+        Ok(c)
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
@@ -41,7 +81,7 @@ impl ApiClient {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable { url: url.to_owned(), source })?;
+            .map_err(|e| ClientError::Unreachable { url: url.to_owned(), detail: chain(&e) })?;
         let status = res.status();
         if status == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
@@ -71,6 +111,36 @@ impl ApiClient {
     ) -> Result<Option<T>, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.http.post(&url).json(body), &url).await
+    }
+
+    /// `POST path?query` asking to switch the connection to `protocol`; the switched
+    /// connection.
+    pub async fn upgrade<Q: Serialize>(
+        &self,
+        path: &str,
+        query: &Q,
+        protocol: &str,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let res = self
+            .http
+            .post(&url)
+            .query(query)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), detail: chain(&e) })?;
+        let status = res.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let message = match res.json::<ApiErrorBody>().await {
+                Ok(b) => b.error,
+                Err(_) => status.canonical_reason().unwrap_or("error").to_owned(),
+            };
+            return Err(ClientError::Refused { status: status.as_u16(), message });
+        }
+        res.upgrade().await.map_err(|source| ClientError::Bad { url, source })
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {

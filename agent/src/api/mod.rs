@@ -3,7 +3,13 @@
 //! Any node answers; writes on a node that does not lead are forwarded once to the leader.
 //! Every route but `/v1/health` needs `Authorization: Bearer <token>` (`token`).
 pub mod client;
+pub mod health;
+pub mod rollout;
+pub mod run;
+pub mod serve;
 pub mod server;
+pub mod status;
+pub mod tls;
 pub mod token;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +26,9 @@ pub struct DeployRequest {
     pub text: String,
     #[serde(default)]
     pub dry_run: bool,
+    /// The `build:` context of each job that has one: a tar (`deploy::context::pack`), base64.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub contexts: std::collections::BTreeMap<String, String>,
 }
 
 /// One job record, for `viking config export|apply`.
@@ -33,7 +42,18 @@ pub struct JobFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaderInfo {
     pub node: String,
+    /// `HOST:PORT` other agents forward writes to.
     pub api: String,
+    /// Whether that API speaks TLS (an older agent's value has no field: plain HTTP).
+    #[serde(default)]
+    pub tls: bool,
+}
+
+impl LeaderInfo {
+    /// The leader's API as a URL.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.api)
+    }
 }
 
 /// The body of every error answer.

@@ -32,7 +32,12 @@ pub struct ApiState<S: Store> {
     pub node: String,
     /// Whether this node leads now (from its election task).
     pub leading: watch::Receiver<bool>,
+    /// Forwards writes to the leader (trusting `--api-ca` when the leader speaks TLS).
     pub http: reqwest::Client,
+    /// What runs `viking run` jobs placed on this host (the agent's runtime).
+    pub runner: Option<std::sync::Arc<dyn super::run::Runner>>,
+    /// This agent's address, API and start, for `/v1/status`.
+    pub local: Arc<super::status::Local>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
@@ -46,9 +51,22 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
         .route("/v1/jobs/{stack}/{job}", get(job::<S>))
         .route("/v1/ps", get(ps::<S>))
         .route("/v1/config", get(config::<S>).post(apply::<S>))
+        .route("/v1/status", get(super::status::status::<S>))
+        .route("/v1/rollout/{stack}", get(super::rollout::rollout::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), to_leader::<S>))
         .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
-    Router::new().route("/v1/health", get(health::<S>)).merge(authed).with_state(state)
+    // NB: a run writes nothing: any node places it, and it streams, so it is not forwarded
+    // to the leader as a write is.
+    let runs = Router::new()
+        .route("/v1/run/{stack}/{job}", post(super::run::run::<S>))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
+    Router::new()
+        .route("/v1/health", get(health::<S>))
+        .route("/v1/ready", get(super::health::ready::<S>))
+        .route("/metrics", get(super::health::metrics))
+        .merge(authed)
+        .merge(runs)
+        .with_state(state)
 }
 
 /// Routes that answer for this node itself (never forwarded to the leader), behind the same
@@ -170,7 +188,7 @@ async fn forward<S: Store>(
         .await
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("http://{}{path}", info.api);
+    let url = format!("{}{path}", info.url());
     tracing::debug!(leader = %info.node, %url, "forwarding a write to the leader");
     let mut out = st
         .http
@@ -209,9 +227,22 @@ async fn deploy<S: Store>(
     State(st): State<Shared<S>>,
     Json(req): Json<DeployRequest>,
 ) -> Result<Response, ApiError> {
-    let stack = Stack::from_text(std::path::Path::new(&req.file), &req.text, &req.name)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let plan = st.deployer.deploy(&stack, req.dry_run).await?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let mut stack = Stack::from_text(std::path::Path::new(&req.file), &req.text, &req.name)
+        .map_err(|e| bad(e.to_string()))?;
+    // Each `build:` context: decoded, named by its hash, the hash kept in the job's record.
+    let mut contexts = crate::deploy::planner::Contexts::new();
+    for pj in stack.jobs.iter_mut().filter(|pj| pj.job.build.is_some()) {
+        let Some(b64) = req.contexts.get(&pj.job.name) else { continue };
+        use base64::Engine as _;
+        let tar = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| {
+            bad(format!("{}: {}.build: the context is not base64: {e}", req.file, pj.job.name))
+        })?;
+        let hash = crate::deploy::context::hash(&tar);
+        pj.job.build_hash = Some(hash.clone());
+        contexts.insert(hash, tar);
+    }
+    let plan = st.deployer.deploy(&stack, &contexts, req.dry_run).await?;
     Ok(Json(plan).into_response())
 }
 

@@ -14,7 +14,7 @@ use viking::{
     control::{self, placement::Placer, reconciler::Reconciler},
     datapath::{Algo, Datapath, DatapathConfig},
     deploy::Deployer,
-    discovery,
+    discovery, metrics,
     runtime::{docker::DockerRuntime, exec::ExecRuntime, AnyRuntime, RuntimeConfig, RuntimeKind},
     store::{self, EtcdOptions, LeaderKey, Store, StoreSpec},
 };
@@ -45,9 +45,15 @@ pub struct AgentConfig {
     /// The VPC policy folder (`--vpc-rules`); `None`: no filter.
     pub vpc_rules: Option<PathBuf>,
     pub vpc_attach: viking::vpc::AttachMode,
+    /// The API's TLS certificate and key (`--api-cert`, `--api-key`).
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// The CA other agents' API certificates are verified with (forwarding to the leader).
+    pub api_ca: Option<PathBuf>,
+    /// Serve the API without TLS on a non-loopback address.
+    pub api_insecure: bool,
 }
 
-fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
+fn open_runtime<S: Store>(cfg: &AgentConfig, store: &S) -> anyhow::Result<AnyRuntime> {
     let rc = RuntimeConfig {
         node: cfg.node.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -59,43 +65,66 @@ fn open_runtime(cfg: &AgentConfig) -> anyhow::Result<AnyRuntime> {
         RuntimeKind::Exec => AnyRuntime::Exec(
             ExecRuntime::new(rc, &cfg.run_dir).context("preparing the exec runtime")?,
         ),
-        RuntimeKind::Docker => {
-            AnyRuntime::Docker(DockerRuntime::connect(rc, &cfg.docker_socket).with_context(
-                || format!("connecting to docker at {}", cfg.docker_socket.display()),
-            )?)
-        }
+        RuntimeKind::Docker => AnyRuntime::Docker(
+            DockerRuntime::connect(rc, &cfg.docker_socket)
+                .with_context(|| {
+                    format!("connecting to docker at {}", cfg.docker_socket.display())
+                })?
+                .with_contexts(Arc::new(store.clone())),
+        ),
     })
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    // Bad TLS files or a cleartext API on the network are refused before anything starts.
+    let tls = match &cfg.api_tls {
+        Some((cert, key)) => Some(api::tls::server_config(cert, key)?),
+        None => {
+            api::tls::check_cleartext(cfg.api, cfg.api_insecure)?;
+            None
+        }
+    };
+    let forward = api::tls::client(cfg.api_ca.as_deref())?;
     let mut datapath = Datapath::start(&cfg.datapath)
         .with_context(|| format!("starting the datapath of node {}", cfg.node))?;
     datapath.spawn_log();
+    if let Err(e) = metrics::global().datapath.attach(&cfg.datapath.bpffs) {
+        tracing::error!(error = %e, "reading the pinned maps for /metrics and /v1/status");
+    }
     let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
+    let store = metrics::Measured::new(store);
+    // NB: an API bound to every address is reached on this host's address.
+    let advertised = if cfg.api.ip().is_unspecified() {
+        std::net::SocketAddr::new(cfg.address, cfg.api.port())
+    } else {
+        cfg.api
+    };
     let info = HostInfo {
-        name: cfg.node.clone(),
-        address: cfg.address,
         tags: cfg.tags.clone(),
-        capacity: Default::default(),
-        overlay_subnet: None,
+        api: Some(advertised.to_string()),
+        runtime: Some(match cfg.runtime {
+            RuntimeKind::Docker => "docker".into(),
+            RuntimeKind::Exec => "exec".into(),
+        }),
         load: membership::loadavg().unwrap_or(0),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        ..HostInfo::new(cfg.node.clone(), cfg.address)
     };
     let member = cluster::membership::join(&store, info.clone(), membership::DEFAULT_TTL)
         .await
         .with_context(|| format!("joining the cluster as {}", cfg.node))?;
     let token = api::token::ensure(&store, &cfg.token_file).await?;
-    let (leading, leader_key) =
-        elect(store.clone(), LeaderInfo { node: cfg.node.clone(), api: cfg.api.to_string() });
+    let me = LeaderInfo { node: cfg.node.clone(), api: advertised.to_string(), tls: tls.is_some() };
+    let (leading, leader_key) = elect(store.clone(), me);
 
     let (stop_tx, stop) = watch::channel(false);
     let vpc = start_vpc(&cfg, &store, stop.clone()).await;
 
-    let runtime = open_runtime(&cfg)?;
+    let runtime = open_runtime(&cfg, &store)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
     let state = Arc::new(ApiState {
         deployer: deployer.clone(),
@@ -103,15 +132,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         token,
         node: cfg.node.clone(),
         leading: leading.clone(),
-        http: reqwest::Client::new(),
+        http: forward,
+        local: Arc::new(api::status::Local {
+            address: cfg.address,
+            api: advertised.to_string(),
+            tls: tls.is_some(),
+            started: std::time::Instant::now(),
+        }),
+        runner: Some(Arc::new(runtime.clone())),
     });
-    let listener = tokio::net::TcpListener::bind(cfg.api)
-        .await
+    let listener = std::net::TcpListener::bind(cfg.api)
         .with_context(|| format!("binding the API to {}", cfg.api))?;
     let app = api::server::router(state.clone())
         .merge(api::server::local(state, viking::vpc::api::router(vpc)));
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    tracing::info!(node = %cfg.node, api = %cfg.api, store = %store.describe(), "agent running");
+    let server = tokio::spawn(api::serve::serve(listener, app, tls));
+    tracing::info!(
+        node = %cfg.node,
+        api = %cfg.api,
+        tls = cfg.api_tls.is_some(),
+        store = %store.describe(),
+        "agent running"
+    );
 
     let (containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
     let placer = Placer::new(
@@ -210,9 +251,11 @@ fn elect<S: Store>(
                 Ok(leadership) => {
                     let _ = key_tx.send(Some(leadership.key().clone()));
                     let _ = tx.send(true);
+                    metrics::global().control.leader(true);
                     leadership.lost().await;
                     let _ = tx.send(false);
                     let _ = key_tx.send(None);
+                    metrics::global().control.leader(false);
                     tracing::warn!(node = %me.node, "no longer leading");
                 }
                 Err(e) => {

@@ -1,13 +1,7 @@
 //! `viking ps` (where every instance runs and what it is doing) and `viking run` (a
 //! non-daemonized job with stdin and stdout attached).
-use std::path::PathBuf;
-
 use anyhow::{bail, Context as _};
-use viking::{
-    api::{client::ApiClient, JobRun},
-    control::instances::PsRow,
-    runtime::{exec::ExecRuntime, InstanceSpec, Runtime as _, RuntimeConfig},
-};
+use viking::{api::client::ApiClient, control::instances::PsRow};
 
 use super::table::render;
 
@@ -53,45 +47,40 @@ pub fn format_ps(rows: &[PsRow]) -> String {
     render(&["JOB", "#", "HOST", "STATE", "ADDRESS", "PORTS", "RESTARTS"], &table)
 }
 
-/// Runs `STACK/JOB` here, attached, with the env it gets when scheduled; exits with its code.
-pub async fn run(api: &ApiClient, target: &str, cgroup: PathBuf) -> anyhow::Result<i32> {
+/// Runs `STACK/JOB` where the scheduler places it (`host`, `filter` as seed 003's
+/// `--viking-host` and `--viking-filter`), attached to this process's stdin, stdout and
+/// stderr; returns the job's exit code.
+pub async fn run(
+    api: &ApiClient,
+    target: &str,
+    host: Option<&str>,
+    filter: &[String],
+) -> anyhow::Result<i32> {
+    use tokio::io::AsyncWriteExt as _;
+    use viking::api::run::{read_frame, RunQuery, ERROR, EXIT, PROTOCOL, STDERR, STDOUT};
     let Some((stack, job)) = target.split_once('/') else {
         bail!("{target:?}: expected STACK/JOB");
     };
-    let r: JobRun = api
-        .get(&format!("/v1/jobs/{stack}/{job}"))
-        .await?
-        .with_context(|| format!("stack {stack} has no job {job}"))?;
-    if r.job.daemonize {
-        bail!(
-            "{stack}/{job} is a daemon (it has ports or `daemonize: true`): it runs when \
-             deployed; `viking run` is for jobs that run to completion"
-        );
+    let q = RunQuery { host: host.map(str::to_owned), filter: filter.join(",") };
+    let conn = api.upgrade(&format!("/v1/run/{stack}/{job}"), &q, PROTOCOL).await?;
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut wr).await;
+        let _ = wr.shutdown().await;
+    });
+    let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
+    while let Some((kind, payload)) = read_frame(&mut rd).await.context("the run's stream")? {
+        match kind {
+            STDOUT => out.write_all(&payload).await?,
+            STDERR => err.write_all(&payload).await?,
+            EXIT => {
+                out.flush().await?;
+                let code: [u8; 4] = payload.as_slice().try_into().context("an exit frame")?;
+                return Ok(i32::from_be_bytes(code));
+            }
+            ERROR => bail!("{target}: {}", String::from_utf8_lossy(&payload)),
+            _ => {}
+        }
     }
-    let dir = std::env::temp_dir().join(format!("viking-run-{}", std::process::id()));
-    let runtime = ExecRuntime::new(
-        RuntimeConfig {
-            node: "run".into(),
-            data_dir: dir.clone(),
-            cgroup,
-            host_address: std::net::IpAddr::from([127, 0, 0, 1]),
-            host_netns: None,
-        },
-        &dir,
-    )?;
-    let spec = InstanceSpec {
-        stack: r.stack,
-        job: r.job.name.clone(),
-        index: 0,
-        image: r.job.image.clone(),
-        command: r.job.command.clone(),
-        env: r.env,
-        ports: Vec::new(),
-        volumes: r.job.volumes.clone(),
-        daemonize: false,
-        address: None,
-    };
-    let code = runtime.run_attached(&spec).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(code?)
+    bail!("{target}: the run's stream ended without an exit code")
 }

@@ -16,7 +16,7 @@ pub async fn deploy(
     name: Option<&str>,
     dry_run: bool,
     json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     // Parsed here first, so a bad file is reported before anything is sent.
     let stack = Stack::load(path, name)?;
     let file = if path.is_dir() {
@@ -30,15 +30,31 @@ pub async fn deploy(
     };
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let req =
-        DeployRequest { name: stack.name.clone(), file: file.display().to_string(), text, dry_run };
+    // Each `build:` context folder (beside the stack file) is packed and sent with it.
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut contexts = std::collections::BTreeMap::new();
+    for pj in stack.jobs.iter() {
+        if let Some(dir) = &pj.job.build {
+            use base64::Engine as _;
+            let tar = viking::deploy::context::pack(&base.join(dir), &pj.job.name)?;
+            contexts
+                .insert(pj.job.name.clone(), base64::engine::general_purpose::STANDARD.encode(tar));
+        }
+    }
+    let req = DeployRequest {
+        name: stack.name.clone(),
+        file: file.display().to_string(),
+        text,
+        dry_run,
+        contexts,
+    };
     let plan: Plan = api.post("/v1/deploy", &req).await?.context("empty answer to deploy")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
-        return Ok(());
+    } else {
+        print!("{}", format_plan(&plan, dry_run));
     }
-    print!("{}", format_plan(&plan, dry_run));
-    Ok(())
+    Ok(stack.name)
 }
 
 pub fn format_plan(plan: &Plan, dry_run: bool) -> String {

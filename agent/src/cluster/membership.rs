@@ -39,6 +39,30 @@ pub struct HostInfo {
     /// that many instances (`report_load`).
     #[serde(default)]
     pub load: u32,
+    /// Where its API answers (`HOST:PORT`): where `viking run` streams a job placed on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// How it runs instances: `docker` or `exec` (jobs with only an image or a `build:`
+    /// need docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+}
+
+impl HostInfo {
+    /// A host with nothing said but its name and address (fill the rest with `..`).
+    pub fn new(name: impl Into<String>, address: IpAddr) -> Self {
+        Self {
+            name: name.into(),
+            address,
+            tags: Vec::new(),
+            capacity: Capacity::default(),
+            overlay_subnet: None,
+            started: 0,
+            load: 0,
+            api: None,
+            runtime: None,
+        }
+    }
 }
 
 /// What a host offers the scheduler; 0 means not said.

@@ -122,13 +122,19 @@ fn intent(
             stack: stack.to_owned(),
             job: job.name.clone(),
             index,
-            image: job.image.clone(),
+            // NB: compose's `build:` with `image:` tags the build so; without, a tag of its own.
+            image: job.image.clone().or_else(|| {
+                job.build_hash
+                    .as_deref()
+                    .map(|h| crate::deploy::context::image_tag(stack, &job.name, h))
+            }),
             command: job.command.clone(),
             env,
             ports: job.ports.clone(),
             volumes: job.volumes.clone(),
             daemonize: job.daemonize,
             address,
+            build: job.build_hash.clone(),
         },
         after,
         fixed: job.fixed,
@@ -447,7 +453,9 @@ pub async fn run<S: Store>(
             if let Err(e) = placer.deployer.adopt().await {
                 tracing::warn!(error = %e, "planning records added by hand failed");
             }
-            if let Err(e) = placer.place().await {
+            let placed = placer.place().await;
+            crate::metrics::global().control.placed(started.into_std(), placed.is_ok());
+            if let Err(e) = placed {
                 tracing::warn!(error = %e, "placement pass failed");
             }
         } else {
@@ -478,15 +486,7 @@ mod tests {
     use crate::deploy::plans::PlannedLink;
 
     fn host(name: &str) -> HostInfo {
-        HostInfo {
-            name: name.into(),
-            address: "10.0.0.1".parse().unwrap(),
-            tags: vec![],
-            capacity: Default::default(),
-            overlay_subnet: None,
-            started: 0,
-            load: 0,
-        }
+        HostInfo::new(name, "10.0.0.1".parse().unwrap())
     }
 
     fn job(name: &str, scale: u32) -> Job {

@@ -327,6 +327,7 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
         instances: &BTreeMap<String, Instance>,
         statuses: &BTreeMap<String, Status>,
     ) -> Result<(), StoreError> {
+        crate::metrics::global().control.instances(statuses.values().map(|s| s.phase.to_string()));
         let running: Vec<Instance> =
             instances.values().filter(|i| i.state == InstanceState::Running).cloned().collect();
         let containers: Containers = running
@@ -437,7 +438,10 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
         let changed = self.runtime.changed();
         let mut intents: Option<watch::Receiver<Revision>> = None;
         loop {
-            if let Err(e) = self.pass().await {
+            let started = Instant::now();
+            let passed = self.pass().await;
+            crate::metrics::global().control.reconciled(started, passed.is_ok());
+            if let Err(e) = passed {
                 tracing::warn!(error = %e, "reconcile pass failed");
             }
             if intents.is_none() {
@@ -578,6 +582,7 @@ mod tests {
                 volumes: vec![],
                 daemonize,
                 address: None,
+                build: None,
             },
             after: after
                 .iter()

@@ -42,6 +42,12 @@ pub struct SchedulerInput {
 fn fits(job: &Job, host: &HostInfo) -> bool {
     job.host.as_deref().is_none_or(|h| h == host.name)
         && job.filter.iter().all(|t| host.tags.contains(t))
+        && (!needs_docker(job) || host.runtime.as_deref() != Some("exec"))
+}
+
+/// A job with only an image, or a `build:`, runs only where docker does.
+fn needs_docker(job: &Job) -> bool {
+    job.build.is_some() || (job.image.is_some() && job.command.is_empty())
 }
 
 /// Where every instance goes. Instances are taken stack by stack, job by job, index by index.
@@ -108,7 +114,7 @@ pub fn schedule(input: &SchedulerInput) -> BTreeMap<InstanceId, Placement> {
                     on.insert(host.name.as_str());
                     Placement::Host(host.name.clone())
                 }
-                None => Placement::Waiting(why_no_host(job, input.hosts.is_empty())),
+                None => Placement::Waiting(why_no_host(job, &input.hosts)),
             };
             out.insert(id, placement);
         }
@@ -116,9 +122,18 @@ pub fn schedule(input: &SchedulerInput) -> BTreeMap<InstanceId, Placement> {
     out
 }
 
-fn why_no_host(job: &Job, no_hosts: bool) -> String {
-    if no_hosts {
+fn why_no_host(job: &Job, hosts: &[HostInfo]) -> String {
+    if hosts.is_empty() {
         return "no host in the cluster".into();
+    }
+    let but_for_docker = |h: &HostInfo| {
+        job.host.as_deref().is_none_or(|n| n == h.name)
+            && job.filter.iter().all(|t| h.tags.contains(t))
+    };
+    if needs_docker(job) && hosts.iter().any(but_for_docker) {
+        return "it needs docker (an image or a build, without a command), and the hosts that \
+                fit run exec"
+            .into();
     }
     match (&job.host, job.filter.is_empty()) {
         (Some(h), _) => {
@@ -135,13 +150,8 @@ mod tests {
 
     fn host(name: &str, tags: &[&str]) -> HostInfo {
         HostInfo {
-            name: name.into(),
-            address: "127.0.0.1".parse().unwrap(),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-            capacity: Default::default(),
-            overlay_subnet: None,
-            started: 0,
-            load: 0,
+            ..HostInfo::new(name, "127.0.0.1".parse().unwrap())
         }
     }
 

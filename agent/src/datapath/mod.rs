@@ -80,6 +80,11 @@ impl Datapath {
         log::spawn(&mut self.ebpf);
     }
 
+    /// Every program and whether its link is pinned (attached) under `bpffs`.
+    pub fn programs_pinned(bpffs: &Path) -> Vec<(&'static str, bool)> {
+        programs::ALL.iter().map(|p| (*p, links_dir(bpffs).join(p).exists())).collect()
+    }
+
     /// Detaches the programs and deletes every pin: what `viking agent --cleanup` does.
     pub fn remove(bpffs: &Path) -> Result<(), DatapathError> {
         programs::remove_all(bpffs)

@@ -29,6 +29,19 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     programs::GETPEERNAME6,
 ];
 
+/// Every program the agent attaches.
+pub const ALL: [&str; 9] = [
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SENDMSG4,
+    programs::SENDMSG6,
+    programs::RECVMSG4,
+    programs::RECVMSG6,
+    programs::GETPEERNAME4,
+    programs::GETPEERNAME6,
+    programs::SOCKOPS,
+];
+
 /// Loads the object, reusing maps already pinned under `maps_dir` (their contents survive).
 pub fn load(maps_dir: &Path) -> Result<Ebpf> {
     if OBJECT.is_empty() {

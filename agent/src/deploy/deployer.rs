@@ -75,7 +75,15 @@ impl<S: Store> Deployer<S> {
         let records = DeployedJobs::read(&self.store).await?;
         let plans = Plans::read(&self.store).await?;
         let ports = PortTable::read(&self.store.list(keys::PORTS).await?.kvs)?;
-        Ok(DeployState { records, plans, ports })
+        let contexts = super::context::stored(&self.store.list(super::context::PREFIX).await?.kvs);
+        // NB: hosts that do not say their runtime (older agents) leave it unknown.
+        let hosts = crate::cluster::membership::hosts(&self.store).await.unwrap_or_default();
+        let docker = if hosts.iter().any(|h| h.info.runtime.is_none()) || hosts.is_empty() {
+            None
+        } else {
+            Some(hosts.iter().any(|h| h.info.runtime.as_deref() == Some("docker")))
+        };
+        Ok(DeployState { records, plans, ports, contexts, docker })
     }
 
     /// Decides `change` against what is deployed and commits it; again on a lost race.
@@ -104,9 +112,15 @@ impl<S: Store> Deployer<S> {
         Err(DeployError::Conflict(what.to_owned()))
     }
 
-    /// Plans and (unless `dry_run`) deploys. Redeploying an unchanged stack writes nothing.
-    pub async fn deploy(&self, stack: &Stack, dry_run: bool) -> Result<Plan, DeployError> {
-        let change = Change::Deploy(stack);
+    /// Plans and (unless `dry_run`) deploys, with the `build:` contexts its jobs name.
+    /// Redeploying an unchanged stack writes nothing.
+    pub async fn deploy(
+        &self,
+        stack: &Stack,
+        contexts: &super::planner::Contexts,
+        dry_run: bool,
+    ) -> Result<Plan, DeployError> {
+        let change = Change::Deploy(stack, contexts);
         let (state, decision) = if dry_run {
             let state = self.state().await?;
             let decision = self.planner.decide(&state, &change)?;

@@ -4,9 +4,11 @@
 //!
 //! - `folder`: job records in the store, and `viking config export|apply` to a real folder
 //! - `plans`: the plan stored with each job (links, ambassador ports, link env)
+//! - `context`: fig `build:` contexts, packed by the CLI and stored with the deploy
 //! - `planner`: what a change (deploy, rm, apply, adopt) makes of records, plans and ports:
 //!   pure
 //! - `deployer`: read, decide, commit all or nothing; the API's and the leader's entry
+pub mod context;
 mod deployer;
 pub mod folder;
 pub mod planner;

@@ -13,6 +13,7 @@ use std::{
 };
 
 use super::{
+    context,
     folder::{job_key, record_value, stack_prefix, DeployedJobs, JobRecord},
     plans::{plan_key, record_hash, JobPlan, LinkPort, PlannedLink, Plans},
     DeployError,
@@ -37,12 +38,19 @@ pub struct DeployState {
     pub records: DeployedJobs,
     pub plans: Plans,
     pub ports: PortTable,
+    /// The `build:` contexts stored, by hash.
+    pub contexts: BTreeSet<String>,
+    /// Whether a host of the cluster runs docker (`None`: not known).
+    pub docker: Option<bool>,
 }
+
+/// Packed `build:` contexts a deploy carries, by hash.
+pub type Contexts = BTreeMap<String, Vec<u8>>;
 
 /// A change to what is deployed.
 pub enum Change<'a> {
-    /// Replace a stack's jobs with these.
-    Deploy(&'a Stack),
+    /// Replace a stack's jobs with these (and their `build:` contexts).
+    Deploy(&'a Stack, &'a Contexts),
     /// Remove a stack; `force` even when other stacks link to it.
     Remove { stack: &'a str, force: bool },
     /// Store these records (`viking config apply`).
@@ -105,8 +113,9 @@ impl Planner {
             .collect();
         let mut record_ops = Vec::new();
         match change {
-            Change::Deploy(stack) => {
+            Change::Deploy(stack, _) => {
                 self.check_deploy(stack, &jobs, &invalid)?;
+                check_builds(stack, state.docker)?;
                 let name = &stack.name;
                 let old: Vec<Id> =
                     jobs.keys().chain(invalid.keys()).filter(|(s, _)| s == name).cloned().collect();
@@ -153,9 +162,9 @@ impl Planner {
             Change::Adopt => {}
         }
         let cycle = find_cycle(&jobs);
-        if let (Some(cycle), Change::Deploy(_) | Change::Apply(_)) = (&cycle, change) {
+        if let (Some(cycle), Change::Deploy(..) | Change::Apply(_)) = (&cycle, change) {
             let file = match change {
-                Change::Deploy(s) => s.file.clone(),
+                Change::Deploy(s, _) => s.file.clone(),
                 _ => "config".into(),
             };
             return Err(DeployError::Stack(StackError::new(
@@ -282,6 +291,22 @@ impl Planner {
         for (key, _) in &state.plans.invalid {
             plan_ops.push(Op::delete(key.clone()));
         }
+        // Build contexts: stored with the deploy that brings them, dropped with the last
+        // record that names them.
+        let named: BTreeSet<&String> =
+            jobs.values().filter_map(|j| j.build_hash.as_ref()).collect();
+        let mut context_ops = Vec::new();
+        if let Change::Deploy(_, contexts) = change {
+            for (hash, tar) in contexts.iter() {
+                if named.contains(hash) && !state.contexts.contains(hash) {
+                    context_ops.extend(context::put_ops(hash, tar));
+                }
+            }
+        }
+        for hash in state.contexts.iter().filter(|h| !named.contains(h)) {
+            context_ops.extend(context::delete_ops(hash));
+        }
+        record_ops.extend(context_ops);
         let port_ops = ports::ops(&state.ports, &decision.allocations, next);
         // NB: the counter's put is in every write (writers serialize on it), but alone it
         // changes nothing.
@@ -439,6 +464,32 @@ impl Planner {
     }
 }
 
+/// Every `build:` of a stack came with its context, and a host can build it.
+fn check_builds(stack: &Stack, docker: Option<bool>) -> Result<(), DeployError> {
+    for pj in stack.jobs.iter().filter(|pj| pj.job.build.is_some()) {
+        let field = format!("{}.build", pj.job.name);
+        if pj.job.build_hash.is_none() {
+            return Err(DeployError::Stack(StackError::new(
+                &stack.file,
+                pj.line,
+                field,
+                "its context did not come with the deploy: deploy with `viking deploy` from \
+                 the stack's folder (it packs the context)",
+            )));
+        }
+        if docker == Some(false) {
+            return Err(DeployError::Stack(StackError::new(
+                &stack.file,
+                pj.line,
+                field,
+                "a build needs the docker runtime, and every host of this cluster runs exec: \
+                 use an image or a command, or add a docker host",
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `(stack, job)` of a record key.
 fn record_id(key: &str) -> Option<Id> {
     let rest = key.strip_prefix(super::folder::PREFIX)?;
@@ -531,6 +582,8 @@ mod tests {
                 records: DeployedJobs::from_kvs(&self.kvs(keys::DEPLOY), 1),
                 plans: Plans::from_kvs(&self.kvs(keys::PLANS), 1),
                 ports: PortTable::read(&self.kvs(keys::PORTS)).unwrap(),
+                contexts: crate::deploy::context::stored(&self.kvs(crate::deploy::context::PREFIX)),
+                docker: None,
             }
         }
         fn apply(&mut self, ops: &[Op]) {
@@ -554,7 +607,7 @@ mod tests {
         }
         fn deploy(&mut self, name: &str, text: &str) -> Result<Decision, DeployError> {
             let stack = Stack::from_text(Path::new("t.yml"), text, name).unwrap();
-            self.change(&Change::Deploy(&stack))
+            self.change(&Change::Deploy(&stack, &Contexts::new()))
         }
         fn plan(&self, stack: &str, job: &str) -> JobPlan {
             self.state().plans.get(stack, job).cloned().unwrap()
@@ -707,5 +760,35 @@ mod tests {
         let err = m.change(&Change::Apply(&[r])).unwrap_err();
         assert!(err.to_string().contains("stack other is not deployed"), "{err}");
         assert!(m.0.is_empty());
+    }
+
+    #[test]
+    fn build_contexts_come_and_go_with_the_records_that_name_them() {
+        let mut m = Mem::default();
+        let mut stack =
+            Stack::from_text(Path::new("t.yml"), "web:\n  build: web\n  ports: [80]\n", "s")
+                .unwrap();
+        let err = m.change(&Change::Deploy(&stack, &Contexts::new())).unwrap_err().to_string();
+        assert!(err.contains("t.yml:2: web.build: its context did not come"), "{err}");
+        let tar = b"a tar".to_vec();
+        let hash = context::hash(&tar);
+        stack.jobs[0].job.build_hash = Some(hash.clone());
+        let contexts = Contexts::from([(hash.clone(), tar)]);
+        m.change(&Change::Deploy(&stack, &contexts)).unwrap();
+        assert!(m.0.contains_key(&format!("{}{hash}", context::PREFIX)));
+        let again = m.change(&Change::Deploy(&stack, &contexts)).unwrap();
+        let keys: Vec<&str> = again.ops.iter().map(Op::key).collect();
+        assert!(keys.is_empty(), "stored once: {keys:?}");
+        m.deploy("s", "web:\n  image: x\n  ports: [80]\n").unwrap();
+        assert!(
+            m.0.keys().all(|k| !k.contains("contexts")),
+            "dropped with the last record naming it"
+        );
+        // A cluster whose hosts all run exec cannot build.
+        let mut state = m.state();
+        state.docker = Some(false);
+        let err =
+            planner().decide(&state, &Change::Deploy(&stack, &contexts)).unwrap_err().to_string();
+        assert!(err.contains("web.build: a build needs the docker runtime"), "{err}");
     }
 }

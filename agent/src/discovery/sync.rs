@@ -434,6 +434,8 @@ pub async fn run<S: Store>(
     let mut containers_open = true;
     let mut retry_at: Option<Instant> = None;
     let mut dirty = true;
+    // When the oldest change not yet in the datapath reached the loop (the lag metric).
+    let mut waiting: Option<Instant> = None;
     let mut tick = tokio::time::interval(GRACE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -447,6 +449,9 @@ pub async fn run<S: Store>(
                 reported.report(problems);
             }
             retry_at = (done.failed > 0).then(|| Instant::now() + RETRY);
+            let lag = waiting.filter(|_| done.upserted + done.removed > 0).map(|t| t.elapsed());
+            crate::metrics::global().discovery.pass(started.elapsed(), lag, done.failed);
+            waiting = waiting.filter(|_| done.failed > 0);
             tracing::debug!(
                 full = done.full,
                 upserted = done.upserted,
@@ -493,6 +498,7 @@ pub async fn run<S: Store>(
             _ = stop.changed() => break,
         }
         if dirty {
+            waiting.get_or_insert_with(Instant::now);
             // Take whatever else is already queued, so a burst is programmed once.
             while let Some(ev) = allocs_watch.try_next() {
                 if view.allocation_event(ev) {

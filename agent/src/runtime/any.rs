@@ -3,7 +3,9 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use super::{docker::DockerRuntime, exec::ExecRuntime, Instance, InstanceSpec, Result, Runtime};
+use super::{
+    docker::DockerRuntime, exec::ExecRuntime, Instance, InstanceSpec, Result, RunIo, Runtime,
+};
 
 /// Which runtime: `exec` or `docker`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,7 +45,7 @@ impl Runtime for AnyRuntime {
     fn changed(&self) -> Arc<Notify> {
         each!(self, r => r.changed())
     }
-    async fn run_attached(&self, spec: &InstanceSpec) -> Result<i32> {
-        each!(self, r => r.run_attached(spec).await)
+    async fn run_attached(&self, spec: &InstanceSpec, io: RunIo) -> Result<i32> {
+        each!(self, r => r.run_attached(spec, io).await)
     }
 }

@@ -76,6 +76,8 @@ struct Inner {
     notify: Arc<Notify>,
     events: Arc<EventState>,
     follower: JoinHandle<()>,
+    /// Where `build:` contexts are read from (`with_contexts`).
+    contexts: std::sync::OnceLock<Arc<dyn super::build::ContextSource>>,
 }
 
 impl Drop for Inner {
@@ -222,8 +224,23 @@ impl DockerRuntime {
                 notify,
                 events,
                 follower,
+                contexts: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Reads `build:` contexts from `source` (the store) to build the images of build jobs.
+    pub fn with_contexts(self, source: Arc<dyn super::build::ContextSource>) -> Self {
+        let _ = self.inner.contexts.set(source);
+        self
+    }
+
+    /// Builds the image of a `build:` job's spec if dockerd lacks it.
+    async fn ensure_image(&self, spec: &InstanceSpec, name: &str) -> Result<()> {
+        let (Some(hash), Some(image)) = (&spec.build, &spec.image) else { return Ok(()) };
+        let (docker, _) = self.api().await?;
+        let source = self.inner.contexts.get().map(|s| s.as_ref());
+        super::build::ensure(docker, image, hash, source, name).await
     }
 
     /// How many times the event stream has been established (1 after the first connect, one
@@ -464,6 +481,7 @@ impl DockerRuntime {
             std::process::id(),
             RUNS.fetch_add(1, Ordering::Relaxed)
         );
+        self.ensure_image(spec, &name).await?;
         let (docker, session) = self.api().await?;
         let mut body = self.body(spec, session, false)?;
         body.attach_stdin = Some(true);
@@ -546,6 +564,7 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
         let name = spec.name();
+        self.ensure_image(spec, &name).await?;
         let (docker, session) = self.api().await?;
         let mut body = self.body(spec, session, true)?;
         body.labels = Some(self.labels(spec));
@@ -614,8 +633,8 @@ impl Runtime for DockerRuntime {
         self.inner.notify.clone()
     }
 
-    async fn run_attached(&self, spec: &InstanceSpec) -> Result<i32> {
-        self.run_with_io(spec, tokio::io::stdin(), tokio::io::stdout(), tokio::io::stderr()).await
+    async fn run_attached(&self, spec: &InstanceSpec, io: super::RunIo) -> Result<i32> {
+        self.run_with_io(spec, io.stdin, io.stdout, io.stderr).await
     }
 }
 

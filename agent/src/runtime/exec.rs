@@ -431,21 +431,43 @@ impl Runtime for ExecRuntime {
         self.inner.notify.clone()
     }
 
-    async fn run_attached(&self, spec: &InstanceSpec) -> Result<i32> {
-        let name = format!("{}-run-{}", spec.name(), std::process::id());
+    async fn run_attached(&self, spec: &InstanceSpec, io: super::RunIo) -> Result<i32> {
+        use tokio::io::AsyncWriteExt as _;
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{}-run-{}-{n}", spec.name(), std::process::id());
         let mut cmd = self.command(spec)?;
         let cgroup = self.cgroup_path(&name);
-        cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
-        // NB: the caller's own network namespace (as `docker run --network host`): the
-        // cgroup is what puts the job's links through the datapath.
-        Self::confine(&mut cmd, &cgroup, None)?;
-        let status = tokio::process::Command::from(cmd)
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // NB: on this host's network (as `docker run --network host`): the cgroup is what
+        // puts the job's links through the datapath.
+        Self::confine(&mut cmd, &cgroup, self.inner.cfg.host_netns.as_deref())?;
+        let mut child = tokio::process::Command::from(cmd)
             .spawn()
-            .map_err(|e| RuntimeError::instance(&name, format!("{:?}: {e}", spec.command)))?
-            .wait()
-            .await
-            .map_err(|e| RuntimeError::instance(&name, e))?;
+            .map_err(|e| RuntimeError::instance(&name, format!("{:?}: {e}", spec.command)))?;
+        let (Some(mut cin), Some(mut cout), Some(mut cerr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(RuntimeError::instance(&name, "no pipes to the job"));
+        };
+        let super::RunIo { mut stdin, mut stdout, mut stderr } = io;
+        let feeder = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stdin, &mut cin).await;
+            let _ = cin.shutdown().await;
+        });
+        let out = async {
+            let _ = tokio::io::copy(&mut cout, &mut stdout).await;
+            let _ = stdout.flush().await;
+        };
+        let err = async {
+            let _ = tokio::io::copy(&mut cerr, &mut stderr).await;
+            let _ = stderr.flush().await;
+        };
+        tokio::join!(out, err);
+        let status = child.wait().await.map_err(|e| RuntimeError::instance(&name, e));
+        feeder.abort();
+        let _ = fs::write(cgroup.join("cgroup.kill"), "1");
         let _ = fs::remove_dir(&cgroup);
-        Ok(exit_code(status))
+        Ok(exit_code(status?))
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::stack::Port;
 
 pub mod any;
+pub mod build;
 pub mod docker;
 pub mod error;
 pub mod exec;
@@ -55,6 +56,10 @@ pub struct InstanceSpec {
     /// The address the instance gets on this host, when the runtime gives it one (exec: from
     /// the stack's subnet).
     pub address: Option<IpAddr>,
+    /// The hash of the `build:` context `image` is built from (`deploy::context`): the docker
+    /// runtime builds it where it is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 impl InstanceSpec {
@@ -127,9 +132,31 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Woken when an instance may have changed state (a process exited, a docker event).
     fn changed(&self) -> Arc<Notify>;
 
-    /// Runs `spec` to completion with this process's stdin, stdout and stderr attached;
-    /// returns its exit code (`viking run`).
-    fn run_attached(&self, spec: &InstanceSpec) -> impl Future<Output = Result<i32>> + Send;
+    /// Runs `spec` to completion with `io` as its stdin, stdout and stderr (stdin closed at
+    /// its end); returns its exit code (`viking run`).
+    fn run_attached(
+        &self,
+        spec: &InstanceSpec,
+        io: RunIo,
+    ) -> impl Future<Output = Result<i32>> + Send;
+}
+
+/// The standard streams of a job run with `viking run`: the CLI's, carried over the API.
+pub struct RunIo {
+    pub stdin: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    pub stdout: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    pub stderr: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+}
+
+impl RunIo {
+    /// This process's own streams.
+    pub fn inherit() -> Self {
+        Self {
+            stdin: Box::new(tokio::io::stdin()),
+            stdout: Box::new(tokio::io::stdout()),
+            stderr: Box::new(tokio::io::stderr()),
+        }
+    }
 }
 
 /// A stable hash of a spec (FNV-1a over its JSON), so a changed job is noticed across

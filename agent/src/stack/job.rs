@@ -60,6 +60,9 @@ pub struct Job {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
+    /// The SHA-256 of the `build:` context as deployed (`deploy::context`): set by the deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_hash: Option<String>,
     /// argv; a string command in a stack file becomes `["/bin/sh", "-c", it]` as in Docker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
@@ -99,6 +102,7 @@ impl Job {
             name: name.into(),
             image: None,
             build: None,
+            build_hash: None,
             command: Vec::new(),
             ports: Vec::new(),
             volumes: Vec::new(),

@@ -134,7 +134,15 @@ pub fn parse_stack(file: &Path, text: &str) -> Result<(Format, Vec<ParsedJob>), 
                 format!("duplicate job (first defined at line {first})"),
             ));
         }
-        out.push(parse_job(file, &name, v, prefix, format == Format::Compose)?);
+        let parsed = parse_job(file, &name, v, prefix, format == Format::Compose)?;
+        if parsed.job.build_hash.is_some() {
+            return Err(ctx.err(
+                k,
+                &format!("{name}.build_hash"),
+                "set by `viking deploy`, not in a stack file",
+            ));
+        }
+        out.push(parsed);
     }
     Ok((format, out))
 }
@@ -186,6 +194,8 @@ pub fn parse_job(
                 }
             }
             "image" => job.image = Some(ctx.scalar(v, key)?.to_owned()),
+            // NB: written by `viking deploy` into job records; refused in stack files.
+            "build_hash" => job.build_hash = Some(ctx.scalar(v, key)?.to_owned()),
             "build" => {
                 let b = match v.get("context") {
                     Some(c) => ctx.scalar(c, "build.context")?,

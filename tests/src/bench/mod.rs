@@ -13,6 +13,7 @@
 //! Measured: iperf3 throughput (1 and 4 streams), new connections per second, connect()
 //! latency with 1 to 100k services (viking against as many iptables rules), and the time to
 //! program 10k services of 4 backends. Speed is reported only as ratios within one run.
+pub mod agent;
 pub mod client;
 pub mod discovery;
 pub mod hooks;

@@ -282,6 +282,8 @@ impl World {
             overlay_subnet: None,
             started: 0,
             load: 0,
+            api: None,
+            runtime: None,
         };
         for (name, addr) in [("client", CLIENT), ("receiver", Filter::Vpc.ip())] {
             let m = membership::join(&store, member(name, addr), membership::DEFAULT_TTL)

@@ -2,6 +2,7 @@
 //!
 //!   vk-bench datapath [--json FILE] [--quick]   the whole benchmark (viking_tests::bench)
 //!   vk-bench discovery [--json FILE] [--quick]  store change -> datapath (bench::discovery)
+//!   vk-bench agent [--json FILE] [--quick]      a real agent: memory, cold start (bench::agent)
 //!   vk-bench vpc [--json FILE] [--quick]        the VPC filter against none and nftables
 //!   vk-bench synburst SRC DST PORT COUNT         raw TCP SYNs (bench::vpc's outsider)
 //!   vk-bench cps ADDR SECS THREADS               connection loop; prints one JSON line
@@ -16,6 +17,7 @@ use viking_tests::bench::{self, client};
 
 const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--quick]
        vk-bench discovery [--json FILE] [--quick]
+       vk-bench agent [--json FILE] [--quick]
        vk-bench vpc [--json FILE] [--quick]
        vk-bench synburst SRC DST PORT COUNT
        vk-bench cps ADDR SECS THREADS
@@ -36,7 +38,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         args.get(i).map(String::as_str).with_context(|| format!("missing {what}\n{USAGE}"))
     };
     match args.first().map(String::as_str) {
-        Some(which @ ("datapath" | "discovery" | "vpc")) => {
+        Some(which @ ("datapath" | "discovery" | "agent" | "vpc")) => {
             let mut opts = bench::Options::default();
             let mut rest = args[1..].iter();
             while let Some(a) = rest.next() {
@@ -50,6 +52,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             }
             match which {
                 "datapath" => bench::run(&opts),
+                "agent" => bench::agent::run(&opts),
                 "vpc" => bench::vpc::run(&opts),
                 _ => bench::discovery::run(&opts),
             }

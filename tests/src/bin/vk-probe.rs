@@ -8,7 +8,8 @@
 //!   vk-probe stream ADDR BYTES     ask for BYTES and read them all
 //!   vk-probe loop ADDR             connect/greet/close until stdin closes
 //!   vk-probe serve ADDR [NAME]     a TCP backend (tests/src/backend.rs) named NAME (default:
-//!                                  $HOSTNAME), for jobs run by the exec runtime
+//!                                  $HOSTNAME), for jobs run by the exec runtime; it also
+//!                                  answers UDP datagrams on ADDR with `NAME/udp PEER`
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -49,6 +50,18 @@ fn serve(addr: SocketAddr, name: Option<String>) {
         }
     };
     eprintln!("{name} serving on {addr}");
+    match UdpSocket::bind(addr) {
+        Ok(sock) => {
+            let n = format!("{name}/udp");
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(format!("{n} {peer}").as_bytes(), peer);
+                }
+            });
+        }
+        Err(e) => eprintln!("vk-probe serve {addr}/udp: {e} (TCP only)"),
+    }
     for conn in listener.incoming().flatten() {
         let peer = conn.peer_addr().unwrap_or(addr);
         let n = name.clone();

@@ -66,13 +66,9 @@ async fn main() {
         ["member", spec, host, ttl] => {
             let store = open(spec).await;
             let info = HostInfo {
-                name: host.to_string(),
-                address: "127.0.0.1".parse().unwrap_or_else(|_| usage()),
                 tags: vec!["test".into()],
                 capacity: membership::Capacity { cpus: 2, memory_mb: 1024, instances: 10 },
-                overlay_subnet: None,
-                started: 0,
-                load: 0,
+                ..HostInfo::new(host.to_string(), "127.0.0.1".parse().unwrap_or_else(|_| usage()))
             };
             let _member =
                 membership::join(&store, info, secs(ttl)).await.unwrap_or_else(|e| panic!("{e}"));

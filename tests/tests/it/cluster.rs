@@ -201,8 +201,6 @@ async fn viking_run_pipes_stdin_through_a_job_on_a_single_embedded_host() {
     let mut child = std::process::Command::new(viking_bin())
         .args(["run", "tools/upper", "--server", &agent.api, "--token-file"])
         .arg(agent.token_file())
-        .arg("--cgroup")
-        .arg(&agent.cgroup.path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -212,6 +210,53 @@ async fn viking_run_pipes_stdin_through_a_job_on_a_single_embedded_host() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HI\n");
+}
+
+/// `viking run --viking-host B` sent to host A's API: placed on B by the scheduler, run there
+/// with the CLI's stdin and stdout relayed across hosts, and its exit code is the CLI's.
+#[tokio::test]
+async fn viking_run_goes_to_the_host_it_is_placed_on_with_its_streams_and_exit_code() {
+    let c = Cluster::start(2).await;
+    c.deploy(
+        "tools",
+        "where:\n  type: job\n  command: tr a-z A-Z; echo on $VIKING_HOST >&2; exit 7\n",
+    )
+    .await;
+    c.wait_ps("the deployed run-once job completed", |r| r.len() == 1 && r[0].state == "completed")
+        .await;
+    let (a, b) = (&c.hosts[0].agent, &c.hosts[1].agent);
+    let mut child = std::process::Command::new(viking_bin())
+        .args(["run", "tools/where", "--viking-host", &b.node, "--server", &a.api, "--token-file"])
+        .arg(a.token_file())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SHOUT\n");
+    assert!(err.contains(&format!("on {}", b.node)), "{err}");
+
+    // A host that is not in the cluster: refused, saying why.
+    let out = std::process::Command::new(viking_bin())
+        .args([
+            "run",
+            "tools/where",
+            "--viking-host",
+            "nowhere",
+            "--server",
+            &a.api,
+            "--token-file",
+        ])
+        .arg(a.token_file())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host nowhere is not in the cluster"));
 }
 
 #[tokio::test]

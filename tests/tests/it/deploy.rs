@@ -18,7 +18,13 @@ fn example(p: &str) -> PathBuf {
 
 fn request(name: &str, file: &Path, dry_run: bool) -> DeployRequest {
     let text = std::fs::read_to_string(file).expect("example file");
-    DeployRequest { name: name.into(), file: file.display().to_string(), text, dry_run }
+    DeployRequest {
+        name: name.into(),
+        file: file.display().to_string(),
+        text,
+        dry_run,
+        contexts: Default::default(),
+    }
 }
 
 async fn deploy(api: &ApiClient, name: &str, file: &Path) -> Result<Plan, String> {

@@ -39,6 +39,7 @@ async fn a_link_reaches_registered_instances_and_follows_changes() {
             file: file.display().to_string(),
             text,
             dry_run: false,
+            contexts: Default::default(),
         };
         let _: Option<Plan> = api.post("/v1/deploy", &req).await.unwrap();
     }

@@ -321,6 +321,7 @@ async fn docker_agent_runs_links_registers_survives_dockerd_restart_and_rm() {
         file: "docker-agent.yml".into(),
         text: stack_text(),
         dry_run: false,
+        contexts: Default::default(),
     };
     let _: Value = s.agent.client().post("/v1/deploy", &req).await.unwrap().unwrap();
     let (server, client) = s

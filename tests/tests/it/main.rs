@@ -8,6 +8,7 @@ mod deploy;
 mod discovery;
 mod docker_agent;
 mod embassy;
+mod ops;
 mod runtime_docker;
 mod stacks;
 mod store;

@@ -53,6 +53,7 @@ fn spec(stack: &str, job: &str, index: u32, script: &str) -> InstanceSpec {
         volumes: Vec::new(),
         daemonize: true,
         address: None,
+        build: None,
     }
 }
 

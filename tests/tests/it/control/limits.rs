@@ -13,15 +13,7 @@ use viking::{
 use viking_tests::etcd::Etcd;
 
 fn host(name: &str, ip: &str) -> HostInfo {
-    HostInfo {
-        name: name.into(),
-        address: ip.parse().expect("an address"),
-        tags: vec![],
-        capacity: Default::default(),
-        overlay_subnet: None,
-        started: 0,
-        load: 0,
-    }
+    HostInfo::new(name, ip.parse().expect("an address"))
 }
 
 fn stack(name: &str, text: &str) -> Stack {
@@ -57,13 +49,16 @@ async fn big_jobs_and_big_deploys_are_placed_on_etcd() {
         Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, "127.0.0.1".parse().unwrap()));
 
     // One job of scale 300.
-    deployer.deploy(&stack("big", "w:\n  command: x\n  scale: 300\n"), false).await.unwrap();
+    deployer
+        .deploy(&stack("big", "w:\n  command: x\n  scale: 300\n"), &Default::default(), false)
+        .await
+        .unwrap();
     // 500 jobs, 499 of them linking to the first: 1,000 records and plans in one deploy.
     let mut text = String::from("hub:\n  command: x\n  ports: [80]\n");
     for i in 1..500 {
         text.push_str(&format!("j{i}:\n  command: x\n  links: [hub]\n"));
     }
-    let plan = deployer.deploy(&stack("many", &text), false).await.unwrap();
+    let plan = deployer.deploy(&stack("many", &text), &Default::default(), false).await.unwrap();
     assert_eq!(plan.jobs.len(), 500);
     assert_eq!(store.list("/viking/deploy/many/").await.unwrap().kvs.len(), 500);
     assert_eq!(store.list("/viking/plan/many/").await.unwrap().kvs.len(), 500);
@@ -78,7 +73,7 @@ async fn big_jobs_and_big_deploys_are_placed_on_etcd() {
     let d2 = deployer.clone();
     let small = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        d2.deploy(&stack("small", "s:\n  command: x\n"), false).await
+        d2.deploy(&stack("small", "s:\n  command: x\n"), &Default::default(), false).await
     });
     let pass = placer.place().await.unwrap();
     assert!(pass.placed >= 800, "{pass:?}");

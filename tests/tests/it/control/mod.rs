@@ -4,3 +4,4 @@ mod balance;
 mod limits;
 mod outages;
 mod plans;
+mod registrations;

@@ -13,6 +13,7 @@ fn request(name: &str, text: &str) -> DeployRequest {
         file: format!("{name}.yml"),
         text: text.into(),
         dry_run: false,
+        contexts: Default::default(),
     }
 }
 

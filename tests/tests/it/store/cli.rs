@@ -25,13 +25,8 @@ fn viking(args: &[&str]) -> (bool, String, String) {
 
 fn host(name: &str) -> HostInfo {
     HostInfo {
-        name: name.into(),
-        address: "127.0.0.9".parse().unwrap(),
         tags: vec!["ssd".into(), "eu".into()],
-        capacity: Default::default(),
-        overlay_subnet: None,
-        started: 0,
-        load: 0,
+        ..HostInfo::new(name, "127.0.0.9".parse().unwrap())
     }
 }
 

@@ -25,13 +25,10 @@ const SLACK: Duration = Duration::from_millis(1500);
 
 fn host(name: &str, last: u8) -> HostInfo {
     HostInfo {
-        name: name.into(),
-        address: format!("127.0.0.{last}").parse().unwrap(),
         tags: vec!["ssd".into()],
         capacity: Capacity { cpus: 2, memory_mb: 2048, instances: 20 },
-        overlay_subnet: None,
         started: 1,
-        load: 0,
+        ..HostInfo::new(name, format!("127.0.0.{last}").parse().unwrap())
     }
 }
 

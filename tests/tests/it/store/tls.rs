@@ -120,15 +120,7 @@ async fn cli_and_agent_through_tls() {
     let etcd = Etcd::start_tls().await;
     let pki = etcd.pki().unwrap();
     let s = etcd.store().await;
-    let host = HostInfo {
-        name: "tls-edge".into(),
-        address: "127.0.0.9".parse().unwrap(),
-        tags: vec![],
-        capacity: Default::default(),
-        overlay_subnet: None,
-        started: 0,
-        load: 0,
-    };
+    let host = HostInfo::new("tls-edge", "127.0.0.9".parse().unwrap());
     let _member = membership::join(&s, host, Duration::from_secs(10)).await.unwrap();
 
     // `viking hosts` reads through TLS with the CA and client certificate.
