@@ -18,6 +18,7 @@ async fn deploy(net: &VpcNet, host: usize, stack: &str, text: &str) {
         file: format!("{stack}.yml"),
         text: text.into(),
         dry_run: false,
+        contexts: Default::default(),
     };
     let _: Option<serde_json::Value> =
         net.agent(host).client().post("/v1/deploy", &req).await.expect("deploy");
