@@ -71,15 +71,24 @@ async fn seed_stacks_deploy_and_web_gets_its_links_env() {
             && !mw_env.keys().any(|k| k.starts_with("MIDDLEWARE"))
     );
 
-    let fig = deploy(&api, "shop", &example("fig/fig.yml")).await.unwrap();
-    let order: Vec<&str> = fig.jobs.iter().map(|j| j.job.name.as_str()).collect();
-    let pos = |j: &str| order.iter().position(|x| *x == j).unwrap();
+    // Seed 001's fig stack, with its build: contexts packed as `viking deploy` does: this
+    // host runs exec, which cannot build, so the deploy is refused naming the field (it runs
+    // under docker: tests/tests/it/docker_build.rs).
+    let file = example("fig-local/fig.yml");
+    let mut req = request("shop", &file, false);
+    for job in ["web", "auth", "pricing"] {
+        use base64::Engine as _;
+        let tar = viking::deploy::context::pack(&example("fig-local").join(job), job).unwrap();
+        req.contexts.insert(job.into(), base64::engine::general_purpose::STANDARD.encode(tar));
+    }
+    let err =
+        api.post::<_, Plan>("/v1/deploy", &req).await.expect_err("exec cannot build").to_string();
     assert!(
-        pos("redis") < pos("auth")
-            && pos("pricing") < pos("catalogue")
-            && pos("catalogue") < pos("web"),
-        "{order:?}"
+        err.contains("fig.yml") && err.contains(".build: a build needs the docker runtime"),
+        "{err}"
     );
+    let stacks: Vec<StackSummary> = api.get("/v1/stacks").await.unwrap().unwrap();
+    assert!(stacks.iter().all(|s| s.name != "shop"), "nothing stored");
 }
 
 #[tokio::test]
