@@ -23,5 +23,11 @@ fn main() -> anyhow::Result<()> {
         root.canonicalize().with_context(|| format!("no eBPF crate at {}", root.display()))?;
     let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     let package = aya_build::Package { name: "viking-ebpf", root_dir: root, ..Default::default() };
+    // NB: CARGO_INCREMENTAL=1 (handy for the agent) reaches the nested eBPF build and changes
+    // its code generation: the verifier then rejects recvmsg6 ("dereference of modified ctx
+    // ptr"). The eBPF crate is always built whole.
+    // A build script is one thread: nothing reads the environment concurrently.
+    env::remove_var("CARGO_INCREMENTAL");
+    println!("cargo:rerun-if-env-changed=CARGO_INCREMENTAL");
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
 }

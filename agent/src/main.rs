@@ -303,6 +303,8 @@ enum ServiceCmd {
         /// A backend address (repeat for more; none makes connects fail with ECONNREFUSED).
         #[arg(long = "backend")]
         backends: Vec<SocketAddr>,
+        #[command(flatten)]
+        health: cli::services::HealthArgs,
     },
     /// Remove a service.
     Rm {
@@ -413,9 +415,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Hosts { store, json } => cli::hosts::list(&store, json).await,
         Command::Allocations { store, json } => cli::allocations::list(&store, json).await,
         Command::Services { node, json } => cli::services::list(&node.bpffs(), json),
-        Command::Service(ServiceCmd::Add { node, name, frontend, proto, algo, backends }) => {
-            cli::services::add(&node.bpffs(), name, frontend, proto, algo, backends)
-        }
+        Command::Service(ServiceCmd::Add {
+            node,
+            name,
+            frontend,
+            proto,
+            algo,
+            backends,
+            health,
+        }) => cli::services::add(&node.bpffs(), name, frontend, proto, algo, backends, health),
         Command::Service(ServiceCmd::Rm { node, frontend, proto }) => {
             cli::services::remove(&node.bpffs(), frontend, proto)
         }

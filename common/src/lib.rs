@@ -21,8 +21,16 @@ pub mod maps {
     pub const SOCK_BACKEND: &str = "SOCK_BACKEND";
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
     pub const SCOPED: &str = "SCOPED";
+    pub const SOCKS: &str = "SOCKS";
+    pub const PORTS: &str = "PORTS";
+    pub const HEALTH_CONFIG: &str = "HEALTH_CONFIG";
+    pub const SERVICE_HEALTH: &str = "SERVICE_HEALTH";
+    pub const BACKEND_HEALTH: &str = "BACKEND_HEALTH";
+    pub const STALE: &str = "STALE";
+    pub const FLAGS: &str = "FLAGS";
+    pub const ENDED: &str = "ENDED";
     /// Every map whose contents must survive an agent restart.
-    pub const PINNED: [&str; 10] = [
+    pub const PINNED: [&str; 18] = [
         SERVICES,
         BACKENDS,
         BACKEND_ACTIVE,
@@ -33,6 +41,14 @@ pub mod maps {
         SOCK_BACKEND,
         SERVICE_NAMES,
         SCOPED,
+        SOCKS,
+        PORTS,
+        HEALTH_CONFIG,
+        SERVICE_HEALTH,
+        BACKEND_HEALTH,
+        STALE,
+        FLAGS,
+        ENDED,
     ];
 }
 
@@ -48,6 +64,9 @@ pub mod programs {
     pub const GETPEERNAME6: &str = "getpeername6";
     // NB: not "sockops": that is the ELF section name, and the symbol would clash with it.
     pub const SOCKOPS: &str = "viking_sockops";
+    /// Socket iterators that end sockets pinned to a backend that left (bpf_sock_destroy).
+    pub const END_UDP: &str = "end_udp";
+    pub const END_TCP: &str = "end_tcp";
 }
 
 /// Capacity of the service table (keys) and of the service id space.
@@ -119,7 +138,10 @@ pub struct ServiceValue {
     /// Number of slots in the set; 0 refuses connections.
     pub count: u32,
     pub algo: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// Backends the service has beyond `MAX_BACKENDS_PER_SERVICE`, left out of the set
+    /// (saturating). Read by userspace only (`viking services`).
+    pub unprogrammed: u16,
 }
 
 /// Key of the backend-slot map.
@@ -194,6 +216,9 @@ pub const SOCK_COUNTED: u32 = 1;
 
 /// Bytes of a service name kept in `SERVICE_NAMES`.
 pub const SERVICE_NAME_LEN: usize = 64;
+
+mod health;
+pub use health::*;
 
 #[cfg(feature = "user")]
 mod pod {

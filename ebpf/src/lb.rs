@@ -1,12 +1,17 @@
 //! Service lookup and backend selection: the part every hook shares.
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_loop};
 use viking_common::{
     algo, is_v4_mapped, Addr, Backend, BackendKey, ServiceKey, ServiceStats, ServiceValue,
     LEAST_CONN_SCAN,
 };
 
-use crate::maps::{
-    BACKENDS, BACKEND_ACTIVE, BACKEND_TOTAL, RR_STATE, SCOPED, SERVICES, SERVICE_STATS,
+use crate::{
+    health,
+    maps::{
+        BACKENDS, BACKEND_ACTIVE, BACKEND_TOTAL, PORTS, RR_STATE, SCOPED, SERVICES, SERVICE_STATS,
+    },
 };
 
 /// What the service table says about a destination.
@@ -30,6 +35,11 @@ pub fn select(
     netns: impl FnOnce() -> u64,
     v4_only: bool,
 ) -> Verdict {
+    // NB: most connects on a host are to no service at all: a port no service uses ends here,
+    // on an inlined array load instead of a hash lookup.
+    if PORTS.get(u32::from(port)).is_none_or(|n| *n == 0) {
+        return Verdict::Pass;
+    }
     let mut key = ServiceKey { addr, port, proto, _pad: [0; 5], netns: 0 };
     let mut svc: Option<ServiceValue> = None;
     if SCOPED.get(0).is_some_and(|n| *n != 0) {
@@ -67,13 +77,21 @@ pub fn count(service: u32, f: impl FnOnce(&mut ServiceStats)) {
     }
 }
 
+/// The backend for a new connection.
+///
+/// One scan serves every algorithm: up to `LEAST_CONN_SCAN` slots from a start, each scored,
+/// the lowest score wins. Least connections starts at a random slot and scores by active
+/// connections; round robin and random start at the algorithm's choice, which scores 0 and
+/// ends the scan at once when it is in rotation (the usual case: one slot looked at), else the
+/// others score at random. An ejected backend scores above every backend in rotation, so it
+/// is chosen only when all are ejected: a service that may be healthy is never refused.
 #[inline(always)]
 fn pick(svc: &ServiceValue) -> Option<Backend> {
     let count = svc.count;
     if count == 0 {
         return None;
     }
-    let slot = match svc.algo {
+    let start = match svc.algo {
         algo::ROUND_ROBIN => {
             let pos = RR_STATE.get_ptr_mut(svc.id)?;
             // SAFETY: per-CPU slot, only this CPU writes it.
@@ -83,40 +101,86 @@ fn pick(svc: &ServiceValue) -> Option<Backend> {
                 next % count
             }
         }
-        algo::LEAST_CONN => return least_conn(svc),
         _ => rand() % count,
     };
-    backend(svc.set, slot)
-}
-
-/// The least-loaded backend among up to `LEAST_CONN_SCAN` slots from a random start; ties go
-/// to the first seen, so equal backends share new connections at random.
-#[inline(always)]
-fn least_conn(svc: &ServiceValue) -> Option<Backend> {
-    let count = svc.count;
-    let start = rand() % count;
-    // NB: the winner is kept as a slot number, not an `Option<Backend>`: the undefined payload
-    // of a `None` can reach the verifier as a read of an uninitialised register.
-    let mut best_slot = u32::MAX;
-    let mut best_active = u64::MAX;
-    for i in 0..LEAST_CONN_SCAN {
-        if i >= count {
-            break;
-        }
-        let slot = (start + i) % count;
-        let Some(b) = backend(svc.set, slot) else {
-            continue;
-        };
-        let active = BACKEND_ACTIVE.get(b.id).copied().unwrap_or(0);
-        if active < best_active {
-            best_active = active;
-            best_slot = slot;
+    let now = health::now();
+    if svc.algo != algo::LEAST_CONN {
+        // The usual case: the algorithm's choice is in rotation; no scan.
+        let first = backend(svc.set, start)?;
+        if health::eligible(first.id, now) {
+            health::claim(first.id, now);
+            return Some(first);
         }
     }
-    if best_slot == u32::MAX {
+    let mut scan = Scan {
+        set: svc.set,
+        count,
+        start,
+        least: u32::from(svc.algo == algo::LEAST_CONN),
+        now,
+        best_slot: u32::MAX,
+        _pad: 0,
+        best_score: u64::MAX,
+    };
+    let n = if count < LEAST_CONN_SCAN { count } else { LEAST_CONN_SCAN };
+    // NB: bpf_loop (Linux 5.17+) has the verifier walk the scan's body once, not once per
+    // slot and per path through the body (which ran past its million-instruction limit).
+    // SAFETY: `scan_slot` has the callback's signature; `scan` outlives the call.
+    unsafe { bpf_loop(n, scan_slot as *mut c_void, (&raw mut scan).cast(), 0) };
+    if scan.best_slot == u32::MAX {
         return None;
     }
-    backend(svc.set, best_slot)
+    let b = backend(svc.set, scan.best_slot)?;
+    if scan.best_score & EJECTED == 0 {
+        health::claim(b.id, scan.now);
+    }
+    Some(b)
+}
+
+/// Ejected backends rank after every backend in rotation.
+const EJECTED: u64 = 1 << 63;
+
+/// The state of one `pick` scan, on the stack of the program.
+#[repr(C)]
+struct Scan {
+    set: u32,
+    count: u32,
+    start: u32,
+    least: u32,
+    now: u64,
+    best_slot: u32,
+    _pad: u32,
+    best_score: u64,
+}
+
+/// One slot of the scan (the `bpf_loop` callback): 1 stops the scan.
+extern "C" fn scan_slot(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Scan` that `pick` handed to bpf_loop.
+    let s = unsafe { &mut *ctx.cast::<Scan>() };
+    let i = i as u32;
+    if s.count == 0 {
+        return 1;
+    }
+    let slot = (s.start + i) % s.count;
+    let Some(b) = backend(s.set, slot) else {
+        return 0;
+    };
+    let eligible = health::eligible(b.id, s.now);
+    let mut score = if s.least != 0 {
+        BACKEND_ACTIVE.get(b.id).copied().unwrap_or(0)
+    } else if i == 0 {
+        0
+    } else {
+        u64::from(rand() & 0xffff) + 1
+    };
+    if !eligible {
+        score |= EJECTED;
+    }
+    if score < s.best_score {
+        s.best_score = score;
+        s.best_slot = slot;
+    }
+    i64::from(s.least == 0 && i == 0 && eligible)
 }
 
 #[inline(always)]

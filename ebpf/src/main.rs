@@ -4,12 +4,15 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
+mod health;
 mod lb;
 mod maps;
 mod sock_addr;
 mod sock_ops;
+mod stale;
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, sock_ops},

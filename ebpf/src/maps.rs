@@ -4,13 +4,15 @@
 //! directory (`EbpfLoader::map_pin_path`), so several agents on one kernel stay apart.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use viking_common::{
-    Backend, BackendKey, RevNatKey, RevNatValue, ServiceKey, ServiceStats, ServiceValue,
-    SockBackend, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_REVNAT, MAX_SERVICES, MAX_TRACKED_SOCKETS,
-    SERVICE_NAME_LEN,
+    ended, flags, Backend, BackendHealth, BackendKey, HealthConfig, RevNatKey, RevNatValue,
+    ServiceHealth, ServiceKey, ServiceStats, ServiceValue, SockBackend, SockState, StaleKey,
+    MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_REVNAT, MAX_SERVICES, MAX_STALE, MAX_TRACKED_SOCKETS,
+    PORT_SLOTS, SERVICE_NAME_LEN,
 };
 
 // NB: not preallocated, so that an update replaces the element through RCU and a reader sees
@@ -55,3 +57,50 @@ pub static SCOPED: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static SERVICE_NAMES: HashMap<u32, [u8; SERVICE_NAME_LEN]> =
     HashMap::with_max_entries(MAX_SERVICES, 0);
+
+// ---- Passive health, per-socket state, stale-socket ending (docs/datapath.md) ----
+
+/// Per-socket state of the sockets Viking redirected; the kernel frees it with the socket.
+#[btf_map]
+pub static SOCKS: SkStorage<SockState> = SkStorage::new();
+
+/// How many services use each port (index: the port in network order). A connect or send to
+/// a port no service uses leaves at once, without a SERVICES lookup.
+#[map]
+pub static PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// Ejection settings per service id (written by the agent).
+#[map]
+pub static HEALTH_CONFIG: Array<HealthConfig> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Ejection and failure counters per service id.
+#[map]
+pub static SERVICE_HEALTH: Array<ServiceHealth> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Health per backend id.
+#[map]
+pub static BACKEND_HEALTH: Array<BackendHealth> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Backends that left a service, while the agent ends the sockets pinned to them.
+#[map]
+pub static STALE: HashMap<StaleKey, u32> = HashMap::with_max_entries(MAX_STALE, 0);
+
+/// Switches (`viking_common::flags`).
+#[map]
+pub static FLAGS: Array<u32> = Array::with_max_entries(flags::COUNT, 0);
+
+/// Sockets ended by the iterators (`viking_common::ended`).
+#[map]
+pub static ENDED: Array<u64> = Array::with_max_entries(ended::COUNT, 0);
+
+/// Whether a switch of `FLAGS` is on.
+#[inline(always)]
+pub fn flag(index: u32) -> bool {
+    FLAGS.get(index).is_some_and(|v| *v != 0)
+}
+
+/// The map's address, as helpers take it.
+#[inline(always)]
+pub fn socks_ptr() -> *mut core::ffi::c_void {
+    core::ptr::from_ref(&SOCKS).cast_mut().cast()
+}

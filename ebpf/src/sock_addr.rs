@@ -1,17 +1,25 @@
 //! The cgroup sock_addr hooks: rewrite a connect/sendmsg to an ambassador address into one to
 //! a backend, and make getpeername/recvmsg report the ambassador address back.
 use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
     EbpfContext as _,
 };
 use aya_log_ebpf::debug;
-use viking_common::{v4_mapped, Addr, RevNatKey, RevNatValue, SockBackend, PROTO_TCP, PROTO_UDP};
+use viking_common::{
+    flags, sock, v4_mapped, Addr, RevNatKey, RevNatValue, SockState, PROTO_TCP, PROTO_UDP,
+};
 
 use crate::{
+    health,
     lb::{count, select, Verdict},
-    maps::{REVNAT, SOCK_BACKEND},
+    maps::{flag, REVNAT, SOCKS},
 };
+
+/// The callbacks a redirected TCP socket asks for: state changes (established, closed) and
+/// retransmission timeouts (a SYN unanswered).
+pub const SOCK_CALLBACKS: u32 = BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
 
 const ECONNREFUSED: i32 = 111;
 /// Let the syscall go on.
@@ -32,7 +40,18 @@ fn read(ctx: &SockAddrContext, family: Family) -> (Addr, u16) {
     let sa = unsafe { &*ctx.sock_addr };
     let addr = match family {
         Family::V4 => v4_mapped(sa.user_ip4),
-        Family::V6 => sa.user_ip6,
+        // NB: word by word, volatile: a copy of the whole array may become a loop over a
+        // moved context pointer, which the verifier refuses.
+        // SAFETY: 4-byte loads of context fields.
+        Family::V6 => unsafe {
+            let p = &raw const sa.user_ip6;
+            [
+                core::ptr::read_volatile(&raw const (*p)[0]),
+                core::ptr::read_volatile(&raw const (*p)[1]),
+                core::ptr::read_volatile(&raw const (*p)[2]),
+                core::ptr::read_volatile(&raw const (*p)[3]),
+            ]
+        },
     };
     (addr, sa.user_port as u16)
 }
@@ -80,20 +99,29 @@ pub fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
         }
         Verdict::Backend { service, backend } => {
             write(ctx, family, &backend.addr, backend.port);
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            remember(cookie, &backend.addr, backend.port, addr, port)?;
-            if proto == PROTO_TCP {
-                let tracked = SockBackend {
-                    backend: backend.id,
-                    service,
-                    flags: 0,
-                    _pad: 0,
-                    addr: backend.addr,
-                    port: backend.port,
-                    _pad2: [0; 6],
-                };
-                SOCK_BACKEND.insert(cookie, tracked, 0)?;
+            let mut st = SockState {
+                backend: backend.id,
+                service,
+                flags: sock::CONNECTED,
+                gen: health::gen(backend.id),
+                addr: backend.addr,
+                orig_addr: addr,
+                port: backend.port,
+                orig_port: port,
+                _pad: 0,
+            };
+            // SAFETY: the socket of the program's own context.
+            let p = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut st)) };
+            if p.is_null() {
+                // Fail open: the connect goes to the backend, getpeername reports it as is.
+                return Ok(ALLOW);
             }
+            // NB: a UDP socket connected again keeps one state, the latest.
+            // SAFETY: this socket's own storage; the socket is locked during connect().
+            unsafe { *p = st };
+            // NB: the socket's sock_ops callbacks are asked for at TCP_CONNECT_CB (sock_ops.rs),
+            // not here with bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS): asked here, they would
+            // start before the socket enters SYN_SENT and cost one more sock_ops run.
             Ok(ALLOW)
         }
     }
@@ -119,6 +147,28 @@ pub fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
             write(ctx, family, &backend.addr, backend.port);
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             remember(cookie, &backend.addr, backend.port, addr, port)?;
+            // Marks the socket: its replies are looked up in REVNAT (see `try_restore`).
+            let mut st = SockState {
+                backend: 0,
+                service: 0,
+                flags: sock::REVNAT,
+                gen: 0,
+                addr: [0; 4],
+                orig_addr: [0; 4],
+                port: 0,
+                orig_port: 0,
+                _pad: 0,
+            };
+            // SAFETY: the socket of the program's own context.
+            let p = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut st)) };
+            if !p.is_null() {
+                // SAFETY: this socket's own storage.
+                unsafe {
+                    if (*p).flags & sock::REVNAT == 0 {
+                        (*p).flags |= sock::REVNAT;
+                    }
+                }
+            }
             Ok(ALLOW)
         }
     }
@@ -128,6 +178,22 @@ pub fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
 #[inline(always)]
 pub fn try_restore(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
     let (addr, port) = read(ctx, family);
+    // SAFETY: the socket of the program's own context.
+    let p = unsafe { SOCKS.get_ptr_mut(ctx) };
+    if !p.is_null() {
+        // SAFETY: this socket's own storage, copied out.
+        let st = unsafe { *p };
+        if st.flags & sock::CONNECTED != 0 && st.port == port && st.addr == addr {
+            write(ctx, family, &st.orig_addr, st.orig_port);
+            return Ok(ALLOW);
+        }
+        if st.flags & sock::REVNAT == 0 {
+            return Ok(ALLOW);
+        }
+    } else if !flag(flags::LEGACY) {
+        // Neither redirected by this agent nor possibly by an older one.
+        return Ok(ALLOW);
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = RevNatKey { cookie, addr, port, _pad: [0; 6] };
     // SAFETY: copied out at once.

@@ -50,12 +50,31 @@ impl AgentProc {
 
     /// Starts an agent with more arguments.
     pub async fn start_with(store: Option<&str>, extra: &[String]) -> Self {
-        Self::start_tls(store, extra, None).await
+        Self::start_full(store, extra, None, |_| {}).await
     }
 
     /// Starts an agent whose API speaks TLS (`extra` has `--api-cert`/`--api-key`) with a
     /// certificate signed by `ca`.
     pub async fn start_tls(store: Option<&str>, extra: &[String], ca: Option<PathBuf>) -> Self {
+        Self::start_full(store, extra, ca, |_| {}).await
+    }
+
+    /// Starts an agent with more arguments, after `setup` has prepared its files (a token
+    /// file, a store directory) that the agent will find.
+    pub async fn start_with_setup(
+        store: Option<&str>,
+        extra: &[String],
+        setup: impl FnOnce(&Self),
+    ) -> Self {
+        Self::start_full(store, extra, None, setup).await
+    }
+
+    async fn start_full(
+        store: Option<&str>,
+        extra: &[String],
+        ca: Option<PathBuf>,
+        setup: impl FnOnce(&Self),
+    ) -> Self {
         crate::require_root();
         let node = unique("node");
         let dir = std::env::temp_dir().join(unique("vk-agent-"));
@@ -73,6 +92,7 @@ impl AgentProc {
         };
         a.store = store
             .map_or_else(|| format!("embedded:{}", a.dir.join("store").display()), str::to_owned);
+        setup(&a);
         a.spawn();
         a.wait_healthy().await;
         a

@@ -65,12 +65,7 @@ impl Topo {
 
     /// Installs (or replaces) a service.
     pub fn service(&mut self, frontend: &str, proto: Proto, algo: Algo, backends: &[SocketAddr]) {
-        let spec = ServiceSpec {
-            name: format!("svc-{frontend}"),
-            frontend: Frontend { addr: frontend.parse().expect("frontend"), proto, netns: 0 },
-            algo,
-            backends: backends.to_vec(),
-        };
+        let spec = spec(frontend, proto, algo, backends);
         self.table().upsert(&spec).expect("upsert");
     }
 
@@ -112,6 +107,18 @@ impl Topo {
 impl Default for Topo {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The spec `Topo::service` installs: named `svc-FRONTEND`, default ejection settings.
+pub fn spec(frontend: &str, proto: Proto, algo: Algo, backends: &[SocketAddr]) -> ServiceSpec {
+    ServiceSpec {
+        ejection: Default::default(),
+        end_tcp: false,
+        name: format!("svc-{frontend}"),
+        frontend: Frontend { addr: frontend.parse().expect("frontend"), proto, netns: 0 },
+        algo,
+        backends: backends.to_vec(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `cargo xtask bench datapath|discovery|agent|vpc [--json FILE] [--quick]`: setup, build, then the
+//! `cargo xtask bench datapath|discovery|agent|vpc [--json FILE] [--svg DIR] [--quick]`: setup, build, then the
 //! benchmark binary (tests/src/bin/vk-bench.rs), as root. Results: docs/benchmarks.md.
 use std::{path::PathBuf, process::Command};
 
@@ -9,7 +9,12 @@ use crate::{
     util::{exec, Step},
 };
 
-pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()> {
+pub fn run(
+    which: &str,
+    json: Option<PathBuf>,
+    svg: Option<PathBuf>,
+    quick: bool,
+) -> anyhow::Result<()> {
     if !["datapath", "discovery", "agent", "vpc"].contains(&which) {
         bail!("unknown benchmark {which:?} (there are: datapath, discovery, agent, vpc)");
     }
@@ -20,12 +25,15 @@ pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()
     }
     // NB: cargo runs the binary from the workspace root; a relative path means the caller's
     // directory.
-    let json = match json {
-        Some(p) if p.is_relative() => {
-            Some(std::env::current_dir().context("current directory")?.join(p))
-        }
-        other => other,
+    let absolute = |p: Option<PathBuf>| -> anyhow::Result<Option<PathBuf>> {
+        Ok(match p {
+            Some(p) if p.is_relative() => {
+                Some(std::env::current_dir().context("current directory")?.join(p))
+            }
+            other => other,
+        })
     };
+    let (json, svg) = (absolute(json)?, absolute(svg)?);
     setup::run()?;
     {
         let _s = Step::new(1, 2, "build (release: agent library with its eBPF object, vk-bench)");
@@ -53,6 +61,9 @@ pub fn run(which: &str, json: Option<PathBuf>, quick: bool) -> anyhow::Result<()
     cmd.arg(which);
     if let Some(path) = &json {
         cmd.arg("--json").arg(path);
+    }
+    if let Some(dir) = &svg {
+        cmd.arg("--svg").arg(dir);
     }
     if quick {
         cmd.arg("--quick");

@@ -2,6 +2,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod image;
 mod setup;
 mod test;
@@ -45,9 +46,24 @@ enum Command {
         /// Also write the results as JSON to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<std::path::PathBuf>,
+        /// Also draw the results as SVG charts into DIR (docs/bench beside docs/benchmarks.md).
+        #[arg(long, value_name = "DIR")]
+        svg: Option<std::path::PathBuf>,
         /// A shorter run: fewer services, shorter iperf3 runs.
         #[arg(long)]
         quick: bool,
+    },
+    /// Build the fuzz targets (nightly, cargo-fuzz) and run each for a bounded time from its
+    /// corpus in fuzz/corpus/ (docs/operations.md).
+    Fuzz {
+        /// Only these targets (default: every file of fuzz/src/bin/).
+        targets: Vec<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Keep new inputs in the repository's corpus (to commit).
+        #[arg(long)]
+        keep: bool,
     },
     /// Build the local images into the running dockerd, nothing pulled (`docker import`):
     /// viking/agent:<version> (the agent, release build) and viking/busybox:latest.
@@ -76,7 +92,11 @@ fn main() -> anyhow::Result<()> {
         } else {
             demo::Options::default()
         }),
-        Command::Bench { which, json, quick } => bench::run(&which, json, quick),
+        Command::Bench { which, json, svg, quick } => bench::run(&which, json, svg, quick),
+        Command::Fuzz { targets, time, keep } => {
+            setup::run()?;
+            fuzz::run(&fuzz::Options { targets, seconds: time, keep })
+        }
         Command::Image { host, debug } => {
             setup::run()?;
             let profile = if debug { "debug" } else { "release" };

@@ -37,7 +37,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus",
 ];
 
-const STEPS: usize = 4;
+const STEPS: usize = 5;
 
 pub fn run() -> anyhow::Result<()> {
     let all = Step::new(0, STEPS, "setup");
@@ -45,6 +45,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    cargo_fuzz()?;
     drop(all);
     Ok(())
 }
@@ -122,4 +123,13 @@ fn bpffs() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(Path::new("/sys/fs/bpf")).context("creating /sys/fs/bpf")?;
     exec(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let _s = Step::new(5, STEPS, "cargo-fuzz (the fuzz targets, with nightly)");
+    if succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        println!("    present");
+        return Ok(());
+    }
+    exec(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))
 }

@@ -18,7 +18,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     }
     setup::run()?;
     {
-        let _s = Step::new(1, 4, "lint (rustfmt, clippy -D warnings; the eBPF crate on its own)");
+        let _s = Step::new(1, 5, "lint (rustfmt, clippy -D warnings; the eBPF crate on its own)");
         exec(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
         exec(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
         // NB: the eBPF crate only compiles for the BPF target, with nightly and build-std.
@@ -41,16 +41,36 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         )?;
     }
     {
-        let _s = Step::new(2, 4, "build (eBPF object through aya-build, agent, probe)");
+        let _s = Step::new(2, 5, "build (eBPF object through aya-build, agent, probe)");
         exec(Command::new("cargo").args(["build", "--bins"]))?;
     }
     let (mut passed, mut failed) = {
-        let _s = Step::new(3, 4, "tests (unit + privileged integration)");
+        let _s = Step::new(3, 5, "tests (unit + privileged integration)");
         cargo_test(extra)?
     };
     if extra.is_empty() {
+        // Each target counts as one test: 0 crashes in its bounded run.
+        let _s = Step::new(4, 5, "fuzzing (each target, bounded; fuzz/corpus/)");
+        match crate::fuzz::build().and_then(|()| crate::fuzz::targets()) {
+            Ok(targets) => {
+                for t in targets {
+                    if crate::fuzz::run_one(&t, crate::fuzz::TEST_SECONDS, false)? {
+                        passed += 1;
+                    } else {
+                        println!("fuzz target {t} FAILED: the input is in fuzz/artifacts/{t}/");
+                        failed += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                println!("fuzzing FAILED: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if extra.is_empty() {
         // The README's first command, checked: the demo fails on any check it makes.
-        let _s = Step::new(4, 4, "the demo (cargo xtask demo, on the debug build)");
+        let _s = Step::new(5, 5, "the demo (cargo xtask demo, on the debug build)");
         let opts = crate::demo::Options {
             build: false,
             viking: crate::util::root().join("target/debug/viking"),

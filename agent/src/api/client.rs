@@ -31,6 +31,10 @@ pub enum ClientError {
     Refused { status: u16, message: String },
     #[error("unexpected answer from {url}: {source}")]
     Bad { url: String, source: reqwest::Error },
+    /// The request could not be made at all (a header it cannot carry, a bad URL): nothing
+    /// was sent.
+    #[error("cannot make a request to {url}: {source} (a bad --server, or a token a header cannot carry?)")]
+    Request { url: String, source: reqwest::Error },
 }
 
 pub struct ApiClient {
@@ -77,11 +81,13 @@ impl ApiClient {
         req: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<Option<T>, ClientError> {
-        let res = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable { url: url.to_owned(), detail: chain(&e) })?;
+        let res = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            if e.is_builder() {
+                ClientError::Request { url: url.to_owned(), source: e }
+            } else {
+                ClientError::Unreachable { url: url.to_owned(), detail: chain(&e) }
+            }
+        })?;
         let status = res.status();
         if status == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);

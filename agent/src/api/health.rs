@@ -59,9 +59,10 @@ pub struct Readiness {
     pub checks: Vec<Check>,
 }
 
-/// Whether this agent serves its purpose: its programs are attached, its store answers, and
-/// its datapath has been programmed from the store at least once.
-pub async fn readiness<S: Store>(store: &S) -> Readiness {
+/// Whether this agent serves its purpose: its programs are attached, its store answers (and
+/// its last calls did not fail: `health`, the store's own signal), and its datapath has been
+/// programmed from the store at least once.
+pub async fn readiness<S: Store>(store: &S, health: &crate::store::HealthSignal) -> Readiness {
     let m = metrics::global();
     let programs = match m.datapath.programs() {
         None => Check { name: "programs".into(), ok: false, detail: "datapath not started".into() },
@@ -79,12 +80,16 @@ pub async fn readiness<S: Store>(store: &S) -> Readiness {
         }
     };
     let s = probe_store(store).await;
+    let signal = health.get();
     let store = Check {
         name: "store".into(),
-        ok: s.ok,
-        detail: match &s.error {
-            None => format!("{} answered in {:.1} ms", s.store, s.latency_ms),
-            Some(e) => format!("{}: {e}", s.store),
+        ok: s.ok && signal.healthy,
+        detail: match (&s.error, &signal.error) {
+            (Some(e), _) => format!("{}: {e}", s.store),
+            (None, Some(e)) if !signal.healthy => {
+                format!("{}: failing since {}: {e}", s.store, signal.since)
+            }
+            _ => format!("{} answered in {:.1} ms", s.store, s.latency_ms),
         },
     };
     let synced = m.discovery.synced();
@@ -102,7 +107,7 @@ pub async fn readiness<S: Store>(store: &S) -> Readiness {
 }
 
 pub async fn ready<S: Store>(State(st): State<Arc<ApiState<S>>>) -> Response {
-    let r = readiness(&st.store).await;
+    let r = readiness(&st.store, &st.store_health).await;
     let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(r)).into_response()
 }

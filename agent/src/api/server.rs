@@ -4,7 +4,7 @@ use std::sync::Arc;
 use axum::{
     body::Body,
     extract::{Path, Request, State},
-    http::{HeaderMap, Method, StatusCode},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
@@ -18,7 +18,7 @@ use crate::{
     cluster::leader,
     deploy::{DeployError, Deployer, JobRecord},
     stack::Stack,
-    store::Store,
+    store::{HealthSignal, Store, StoreHealth},
 };
 
 /// Set on a request a follower forwarded, so it is never forwarded twice.
@@ -34,6 +34,8 @@ pub struct ApiState<S: Store> {
     pub leading: watch::Receiver<bool>,
     /// Forwards writes to the leader (trusting `--api-ca` when the leader speaks TLS).
     pub http: reqwest::Client,
+    /// Whether the store works (`/v1/health` says so).
+    pub store_health: HealthSignal,
     /// What runs `viking run` jobs placed on this host (the agent's runtime).
     pub runner: Option<std::sync::Arc<dyn super::run::Runner>>,
     /// This agent's address, API and start, for `/v1/status`.
@@ -67,6 +69,35 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
         .merge(authed)
         .merge(runs)
         .with_state(state)
+        .layer(middleware::map_response(json_errors))
+}
+
+/// Every error answer is `{error}` JSON, also those axum makes itself (a body that does not
+/// parse, an unknown route, a wrong method, a body too large), which are plain text.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut out = ApiError(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name, value.clone());
+        }
+    }
+    out
 }
 
 /// Routes that answer for this node itself (never forwarded to the leader), behind the same
@@ -110,20 +141,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The credentials of an `Authorization` header of the Bearer scheme (any case, RFC 7235),
+/// trimmed; `None` for another scheme.
+fn bearer(value: &HeaderValue) -> Option<&[u8]> {
+    let v = value.as_bytes().trim_ascii();
+    let (scheme, rest) = match v.iter().position(|b| *b == b' ' || *b == b'\t') {
+        Some(i) => (&v[..i], &v[i..]),
+        None => (v, &v[v.len()..]),
+    };
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| rest.trim_ascii())
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut res = ApiError(StatusCode::UNAUTHORIZED, message.into()).into_response();
+    res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
+/// Only the exact token passes: one `Authorization` header, scheme Bearer, credentials equal
+/// to the cluster's token (never empty: `token::ensure`).
 async fn auth<S: Store>(State(st): State<Shared<S>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiError(StatusCode::UNAUTHORIZED, "wrong bearer token".into()).into_response(),
-        None => ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token (Authorization: Bearer ...)".into(),
-        )
-        .into_response(),
+    let mut headers = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (first, more) = (headers.next(), headers.next().is_some());
+    match first.and_then(bearer) {
+        _ if more => unauthorized("more than one Authorization header"),
+        Some([]) => unauthorized("empty bearer token (Authorization: Bearer ...)"),
+        Some(t) if !st.token.is_empty() && constant_time_eq(t, st.token.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => unauthorized("wrong bearer token"),
+        None => unauthorized("missing bearer token (Authorization: Bearer ...)"),
     }
 }
 
@@ -217,10 +264,15 @@ async fn forward<S: Store>(
 struct Health {
     node: String,
     leader: bool,
+    store: StoreHealth,
 }
 
-async fn health<S: Store>(State(st): State<Shared<S>>) -> Json<Health> {
-    Json(Health { node: st.node.clone(), leader: *st.leading.borrow() })
+/// 200 while the store works, 503 while it fails (the body says why either way).
+async fn health<S: Store>(State(st): State<Shared<S>>) -> Response {
+    let store = st.store_health.get();
+    let status = if store.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Health { node: st.node.clone(), leader: *st.leading.borrow(), store }))
+        .into_response()
 }
 
 async fn deploy<S: Store>(

@@ -145,7 +145,7 @@ pub async fn gather<S: Store>(st: &ApiState<S>) -> AgentStatus {
         last_lag_ms: lag.map(|l| l.as_secs_f64() * 1e3),
         last_sync_ago_s: at.map(|t| (now - t).max(0.0)),
     };
-    let r = readiness(&st.store).await;
+    let r = readiness(&st.store, &st.store_health).await;
     AgentStatus {
         node: st.node.clone(),
         version: env!("CARGO_PKG_VERSION").into(),

@@ -94,6 +94,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let store = store::open(&cfg.store, &cfg.etcd)
         .await
         .with_context(|| format!("opening the store {}", cfg.store))?;
+    let store_health = store.health();
     let store = metrics::Measured::new(store);
     // NB: an API bound to every address is reached on this host's address.
     let advertised = if cfg.api.ip().is_unspecified() {
@@ -139,6 +140,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             tls: tls.is_some(),
             started: std::time::Instant::now(),
         }),
+        store_health,
         runner: Some(Arc::new(runtime.clone())),
     });
     let listener = std::net::TcpListener::bind(cfg.api)

@@ -6,7 +6,11 @@ use viking::cluster::{
     Addresses, AmbassadorPorts, DEFAULT_PORT_RANGE,
 };
 
-use super::{store_args::StoreArgs, table::render};
+use super::{
+    out::{out, outln},
+    store_args::StoreArgs,
+    table::render,
+};
 
 #[derive(Serialize)]
 struct Allocations {
@@ -23,9 +27,9 @@ pub async fn list(args: &StoreArgs, json: bool) -> anyhow::Result<()> {
         Addresses::new(store, viking::cluster::addresses::default_pool()).list().await?;
     let all = Allocations { ports, addresses };
     if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     } else {
-        print!("{}", format_tables(&all));
+        out!("{}", format_tables(&all));
     }
     Ok(())
 }

@@ -2,7 +2,11 @@
 use serde::Serialize;
 use viking::cluster::{leader, membership, membership::Host};
 
-use super::{store_args::StoreArgs, table::render};
+use super::{
+    out::{out, outln},
+    store_args::StoreArgs,
+    table::render,
+};
 
 #[derive(Serialize)]
 struct HostRow<'a> {
@@ -29,9 +33,9 @@ pub async fn list(args: &StoreArgs, json: bool) -> anyhow::Result<()> {
         .map(|h| HostRow { host: h, leader: leader.as_deref() == Some(h.info.name.as_str()) })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        print!("{}", format_table(&rows));
+        out!("{}", format_table(&rows));
     }
     Ok(())
 }

@@ -3,7 +3,10 @@
 use anyhow::{bail, Context as _};
 use viking::{api::client::ApiClient, control::instances::PsRow};
 
-use super::table::render;
+use super::{
+    out::{out, outln},
+    table::render,
+};
 
 pub async fn ps(api: &ApiClient, stack: Option<&str>, json: bool) -> anyhow::Result<()> {
     let path = match stack {
@@ -12,10 +15,10 @@ pub async fn ps(api: &ApiClient, stack: Option<&str>, json: bool) -> anyhow::Res
     };
     let rows: Vec<PsRow> = api.get(&path).await?.unwrap_or_default();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    print!("{}", format_ps(&rows));
+    out!("{}", format_ps(&rows));
     Ok(())
 }
 

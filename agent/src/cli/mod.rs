@@ -3,6 +3,7 @@ pub mod agent;
 pub mod allocations;
 pub mod hosts;
 pub mod instances;
+pub mod out;
 pub mod progress;
 pub mod services;
 pub mod stacks;

@@ -8,7 +8,10 @@ use viking::{
     stack::{plan::Plan, Stack, STACK_FILES},
 };
 
-use super::table::render;
+use super::{
+    out::{out, outln},
+    table::render,
+};
 
 pub async fn deploy(
     api: &ApiClient,
@@ -50,9 +53,9 @@ pub async fn deploy(
     };
     let plan: Plan = api.post("/v1/deploy", &req).await?.context("empty answer to deploy")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        outln!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
-        print!("{}", format_plan(&plan, dry_run));
+        out!("{}", format_plan(&plan, dry_run));
     }
     Ok(stack.name)
 }
@@ -115,14 +118,14 @@ pub fn format_plan(plan: &Plan, dry_run: bool) -> String {
 pub async fn remove(api: &ApiClient, stack: &str, force: bool) -> anyhow::Result<()> {
     let query = if force { "?force=true" } else { "" };
     api.delete(&format!("/v1/stacks/{stack}{query}")).await?;
-    println!("stack {stack} removed");
+    outln!("stack {stack} removed");
     Ok(())
 }
 
 pub async fn list(api: &ApiClient, json: bool) -> anyhow::Result<()> {
     let stacks: Vec<StackSummary> = api.get("/v1/stacks").await?.unwrap_or_default();
     if json {
-        println!("{}", serde_json::to_string_pretty(&stacks)?);
+        outln!("{}", serde_json::to_string_pretty(&stacks)?);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = stacks
@@ -136,11 +139,11 @@ pub async fn list(api: &ApiClient, json: bool) -> anyhow::Result<()> {
             vec![s.name.clone(), s.jobs.join(","), s.instances.to_string(), state]
         })
         .collect();
-    print!("{}", render(&["STACK", "JOBS", "INSTANCES", "STATE"], &rows));
+    out!("{}", render(&["STACK", "JOBS", "INSTANCES", "STATE"], &rows));
     for s in stacks.iter().filter(|s| !s.problems.is_empty()) {
-        println!("\n{}:", s.name);
+        outln!("\n{}:", s.name);
         for p in &s.problems {
-            println!("  {p}");
+            outln!("  {p}");
         }
     }
     Ok(())
@@ -153,10 +156,10 @@ pub async fn env(api: &ApiClient, target: &str, json: bool) -> anyhow::Result<()
     let env: std::collections::BTreeMap<String, String> =
         api.get(&format!("/v1/env/{stack}/{job}")).await?.unwrap_or_default();
     if json {
-        println!("{}", serde_json::to_string_pretty(&env)?);
+        outln!("{}", serde_json::to_string_pretty(&env)?);
     } else {
         for (k, v) in env {
-            println!("{k}={v}");
+            outln!("{k}={v}");
         }
     }
     Ok(())
@@ -170,7 +173,7 @@ pub async fn export(api: &ApiClient, dir: &Path) -> anyhow::Result<()> {
     }
     let written =
         folder::export(&jobs, dir).with_context(|| format!("writing to {}", dir.display()))?;
-    println!("{} job files written under {}", written.len(), dir.display());
+    outln!("{} job files written under {}", written.len(), dir.display());
     Ok(())
 }
 
@@ -179,6 +182,6 @@ pub async fn apply(api: &ApiClient, dir: &Path) -> anyhow::Result<()> {
     let files: Vec<JobFile> =
         records.into_iter().map(|r| JobFile { stack: r.stack, job: r.job }).collect();
     let n: usize = api.post("/v1/config", &files).await?.unwrap_or_default();
-    println!("{n} job files applied");
+    outln!("{n} job files applied");
     Ok(())
 }

@@ -27,10 +27,18 @@ pub enum DatapathError {
     TooManyBackends(String),
     #[error("service {service}: backend {backend} is IPv6 but the ambassador address is IPv4")]
     FamilyMismatch { service: String, backend: std::net::SocketAddr },
+    #[error("service {service}: backend {backend}: {reason}")]
+    BadBackend { service: String, backend: std::net::SocketAddr, reason: &'static str },
     #[error("the {0} id space is full")]
     IdsExhausted(&'static str),
     #[error("service name {0:?} is longer than {max} bytes", max = viking_common::SERVICE_NAME_LEN)]
     NameTooLong(String),
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {source}")]
+    Btf { source: aya::BtfError },
+    #[error("service {service}: ejection: {reason}")]
+    BadEjection { service: String, reason: String },
+    #[error("ending sockets pinned to departed backends: {0}")]
+    Sweep(String),
 }
 
 impl DatapathError {

@@ -4,6 +4,7 @@
 //! - `table`: the typed service table (upsert/remove/list with counters).
 //! - `spec`: the plain types the rest of the agent speaks.
 mod error;
+mod health;
 mod ids;
 pub mod log;
 pub mod mounts;
@@ -11,13 +12,17 @@ pub mod netns;
 mod object;
 mod programs;
 mod spec;
+mod stale;
 mod table;
 
 use std::path::{Path, PathBuf};
 
+use viking_common::{RevNatKey, RevNatValue, SockBackend};
+
 pub use error::DatapathError;
-pub use spec::{Algo, Frontend, Proto, ServiceSpec};
-pub use table::{BackendStatus, ServiceStatus, ServiceTable, GRACE};
+pub use health::Health;
+pub use spec::{check_backend, Algo, Ejection, Frontend, Proto, ServiceSpec};
+pub use table::{BackendStatus, EndedSockets, ServiceStatus, ServiceTable, GRACE};
 
 /// Where one agent's datapath lives.
 #[derive(Clone, Debug)]
@@ -59,17 +64,27 @@ impl Datapath {
         for dir in [&maps, &links] {
             std::fs::create_dir_all(dir).map_err(DatapathError::io("creating", dir.clone()))?;
         }
-        let mut ebpf = programs::load(&maps)?;
+        let programs::Loaded { mut ebpf, can_end_sockets, created } = programs::load(&maps)?;
         let mut table = ServiceTable::open(&maps)?;
-        // Before the new programs run: they read the count.
-        table.repair_scoped_count()?;
+        // Before the new programs run: they read the counts.
+        table.repair_counts()?;
+        // An agent from before socket storage tracked its sockets in SOCK_BACKEND and REVNAT
+        // only: the programs look there for sockets without storage while any may be open.
+        let legacy = created.contains(&viking_common::maps::SOCKS)
+            && any_entry::<RevNatKey, RevNatValue>(&maps, viking_common::maps::REVNAT)?
+            || any_entry::<u64, SockBackend>(&maps, viking_common::maps::SOCK_BACKEND)?;
+        table.set_legacy(legacy)?;
+        table.set_sweep_cgroup(config.cgroup.clone());
         programs::attach_all(&mut ebpf, &config.cgroup, &links)?;
+        programs::attach_iterators(&mut ebpf, can_end_sockets, &links)?;
         let orphans = table.collect_orphans()?;
         tracing::info!(
             cgroup = %config.cgroup.display(),
             bpffs = %config.bpffs.display(),
             services = table.list()?.len(),
             orphans,
+            legacy,
+            can_end_sockets,
             "datapath attached"
         );
         Ok(Self { ebpf, table })
@@ -89,4 +104,15 @@ impl Datapath {
     pub fn remove(bpffs: &Path) -> Result<(), DatapathError> {
         programs::remove_all(bpffs)
     }
+}
+
+/// Whether the pinned hash map `name` holds any entry.
+fn any_entry<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<bool, DatapathError> {
+    let map: aya::maps::HashMap<_, K, V> = table::open_map(dir, name)?
+        .try_into()
+        .map_err(|source| DatapathError::MapOp { name, source })?;
+    Ok(map.keys().next().is_some())
 }

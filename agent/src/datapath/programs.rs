@@ -8,13 +8,16 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSockAddr, Iter, SockOps,
     },
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
 };
 use viking_common::{maps, programs};
 
-use super::{error::DatapathError, object::OBJECT};
+use super::{
+    error::DatapathError,
+    object::{patched, Patched},
+};
 
 type Result<T> = std::result::Result<T, DatapathError>;
 
@@ -42,16 +45,29 @@ pub const ALL: [&str; 9] = [
     programs::SOCKOPS,
 ];
 
+/// The loaded object and what this kernel lets it do.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// The socket iterators can end sockets (the kernel has `bpf_sock_destroy`, 6.5+).
+    pub can_end_sockets: bool,
+    /// Maps this load created (no pin of an earlier agent had them).
+    pub created: Vec<&'static str>,
+}
+
 /// Loads the object, reusing maps already pinned under `maps_dir` (their contents survive).
-pub fn load(maps_dir: &Path) -> Result<Ebpf> {
-    if OBJECT.is_empty() {
-        return Err(DatapathError::NoObject);
-    }
+pub fn load(maps_dir: &Path) -> Result<Loaded> {
+    let Patched { object, can_end_sockets } = patched()?;
     let mut loader = EbpfLoader::new();
+    let mut created = Vec::new();
     for name in maps::PINNED {
-        loader.map_pin_path(name, maps_dir.join(name));
+        let path = maps_dir.join(name);
+        if !path.exists() {
+            created.push(name);
+        }
+        loader.map_pin_path(name, path);
     }
-    Ok(loader.load(OBJECT)?)
+    let ebpf = loader.load(object.bytes())?;
+    Ok(Loaded { ebpf, can_end_sockets, created })
 }
 
 /// Attaches every program to `cgroup` and pins its link under `links_dir`.
@@ -86,6 +102,37 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()
         attach!(CgroupSockAddr, name);
     }
     attach!(SockOps, programs::SOCKOPS);
+    Ok(())
+}
+
+/// Loads the socket iterators and pins their links (`links_dir/end_udp`, `end_tcp`): opening
+/// a pin runs the iterator in the opener's network namespace. Without kernel support the
+/// pins are removed, and sockets pinned to departed backends are left as they are.
+pub fn attach_iterators(ebpf: &mut Ebpf, can_end_sockets: bool, links_dir: &Path) -> Result<()> {
+    let iterators = [(programs::END_UDP, "udp"), (programs::END_TCP, "tcp")];
+    if !can_end_sockets {
+        for (name, _) in iterators {
+            let _ = std::fs::remove_file(links_dir.join(name));
+        }
+        return Ok(());
+    }
+    let btf = Btf::from_sys_fs().map_err(|source| DatapathError::Btf { source })?;
+    for (name, kind) in iterators {
+        let err = |source| DatapathError::Program { name, source };
+        let prog: &mut Iter = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(err)?;
+        prog.load(kind, &btf).map_err(err)?;
+        let id = prog.attach().map_err(err)?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(err)?
+            .try_into()
+            .map_err(|source| DatapathError::Link { path: links_dir.join(name), source })?;
+        replace_pin(link, &links_dir.join(name))?;
+    }
     Ok(())
 }
 

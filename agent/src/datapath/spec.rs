@@ -51,6 +51,22 @@ impl FromStr for Proto {
     }
 }
 
+/// Why a connection could never reach `backend`, if it could not: the unspecified address
+/// (`0.0.0.0`, `::`: "any", no host), a multicast or broadcast address, or port 0.
+pub fn check_backend(backend: &SocketAddr) -> Result<(), &'static str> {
+    let ip = backend.ip();
+    if ip.is_unspecified() {
+        return Err("the unspecified address (0.0.0.0 or ::) is no host to connect to");
+    }
+    if ip.is_multicast() || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        return Err("a multicast or broadcast address is no host to connect to");
+    }
+    if backend.port() == 0 {
+        return Err("port 0 is no port to connect to");
+    }
+    Ok(())
+}
+
 /// How a service spreads new connections over its backends. Round robin by default, as
 /// embassy does: an even spread with no state per client.
 #[derive(
@@ -131,6 +147,72 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub algo: Algo,
     pub backends: Vec<SocketAddr>,
+    /// When a backend leaves the service for failing its connects (docs/datapath.md).
+    #[serde(default)]
+    pub ejection: Ejection,
+    /// When a backend leaves the set, end the TCP connections still open to it as well (the
+    /// connected UDP sockets pinned to it are always ended).
+    #[serde(default)]
+    pub end_tcp: bool,
+}
+
+/// Passive health of a service's backends: after `after` failed connects in a row a backend
+/// is ejected for `backoff_ms`, twice as long each time it fails again, at most
+/// `max_backoff_ms`; its first successful connect brings it back. `after == 0`: never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Ejection {
+    pub after: u32,
+    pub backoff_ms: u32,
+    pub max_backoff_ms: u32,
+}
+
+impl Default for Ejection {
+    fn default() -> Self {
+        Self { after: 3, backoff_ms: 1_000, max_backoff_ms: 60_000 }
+    }
+}
+
+impl Ejection {
+    pub const OFF: Self = Self { after: 0, backoff_ms: 0, max_backoff_ms: 0 };
+    /// Longest accepted ejection: one day.
+    pub const MAX_MS: u32 = 86_400_000;
+
+    pub fn is_off(&self) -> bool {
+        self.after == 0
+    }
+
+    /// What is wrong with it, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if self.is_off() {
+            return None;
+        }
+        if self.after > 1_000 {
+            return Some(format!("after = {} failed connects (at most 1000)", self.after));
+        }
+        if self.backoff_ms == 0 {
+            return Some("backoff_ms = 0 (an ejection must last; use after = 0 for none)".into());
+        }
+        if self.max_backoff_ms < self.backoff_ms {
+            return Some(format!(
+                "max_backoff_ms = {} is below backoff_ms = {}",
+                self.max_backoff_ms, self.backoff_ms
+            ));
+        }
+        if self.max_backoff_ms > Self::MAX_MS {
+            return Some(format!("max_backoff_ms = {} (at most one day)", self.max_backoff_ms));
+        }
+        None
+    }
+}
+
+impl fmt::Display for Ejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_off() {
+            return f.write_str("off");
+        }
+        write!(f, "after {}, {}-{} ms", self.after, self.backoff_ms, self.max_backoff_ms)
+    }
 }
 
 /// The 16-byte kernel form of an address (IPv4 mapped into IPv6).
@@ -179,6 +261,18 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(from_addr(&to_addr(ip)), ip);
         }
+    }
+
+    #[test]
+    fn ejection_settings_are_checked() {
+        assert_eq!(Ejection::default().problem(), None);
+        assert_eq!(Ejection::OFF.problem(), None);
+        let e = Ejection { after: 3, backoff_ms: 0, max_backoff_ms: 10 };
+        assert!(e.problem().unwrap().contains("backoff_ms = 0"));
+        let e = Ejection { after: 3, backoff_ms: 100, max_backoff_ms: 10 };
+        assert!(e.problem().unwrap().contains("max_backoff_ms = 10"));
+        let e: Ejection = serde_json::from_str(r#"{"after": 5}"#).unwrap();
+        assert_eq!(e, Ejection { after: 5, ..Ejection::default() });
     }
 
     #[test]

@@ -8,21 +8,27 @@
 use std::{
     collections::HashMap as StdHashMap,
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use serde::Serialize;
 use viking_common::{
-    maps, Backend, BackendKey, ServiceKey, ServiceStats, ServiceValue, MAX_BACKENDS,
-    MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, SERVICE_NAME_LEN,
+    ended, flags, maps, Backend, BackendHealth, BackendKey, HealthConfig, ServiceHealth,
+    ServiceKey, ServiceStats, ServiceValue, StaleKey, MAX_BACKENDS, MAX_BACKENDS_PER_SERVICE,
+    MAX_SERVICES, SERVICE_NAME_LEN,
 };
 
 use super::{
     error::DatapathError,
+    health::{self, Health},
     ids::IdPool,
-    spec::{from_addr, from_port, to_addr, to_port, Algo, Frontend, Proto, ServiceSpec},
+    spec::{
+        check_backend, from_addr, from_port, to_addr, to_port, Algo, Ejection, Frontend, Proto,
+        ServiceSpec,
+    },
+    stale::Sweeper,
 };
 
 /// How long a replaced backend set stays readable before it is deleted.
@@ -34,7 +40,7 @@ fn op(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::MapOp { name, source }
 }
 
-fn open_map(dir: &Path, name: &'static str) -> Result<Map> {
+pub(crate) fn open_map(dir: &Path, name: &'static str) -> Result<Map> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map {
         name,
@@ -58,6 +64,14 @@ pub struct ServiceStatus {
     pub rejects: u64,
     /// Unconnected UDP datagrams dropped for want of a backend.
     pub drops: u64,
+    /// Backends it has beyond the per-service limit, not programmed (`upsert_limited`).
+    pub unprogrammed: u32,
+    pub ejection: Ejection,
+    pub end_tcp: bool,
+    /// Backends ejected since the service was installed (each time counts).
+    pub ejections: u64,
+    /// Connects that failed since the service was installed.
+    pub failed_connects: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -68,6 +82,25 @@ pub struct BackendStatus {
     pub active: u64,
     /// Connections ever sent here.
     pub total: u64,
+    pub health: Health,
+    /// Milliseconds left of its ejection (0 unless ejected).
+    pub ejected_ms: u64,
+    /// Times ejected while it was this backend of this service.
+    pub ejections: u64,
+    /// Failed connects, ever and in a row.
+    pub failed_connects: u64,
+    pub failing: u64,
+}
+
+/// Sockets ended because their backend left (counters since the maps were created).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct EndedSockets {
+    /// This kernel can end sockets (bpf_sock_destroy, Linux 6.5+).
+    pub available: bool,
+    pub udp: u64,
+    pub tcp: u64,
+    /// Sweeps that failed (the agent's log says why).
+    pub failed_sweeps: u64,
 }
 
 /// What a `write` has taken so far: undone by `roll_back` when it fails.
@@ -92,6 +125,16 @@ pub struct ServiceTable {
     scoped: Array<MapData, u32>,
     /// Services keyed by a netns cookie, as last written to `scoped`.
     scoped_count: u32,
+    ports: Array<MapData, u32>,
+    /// Services per port (network order), as last written to `ports`.
+    port_counts: StdHashMap<u16, u32>,
+    health_config: Array<MapData, HealthConfig>,
+    service_health: Array<MapData, ServiceHealth>,
+    backend_health: Array<MapData, BackendHealth>,
+    stale: HashMap<MapData, StaleKey, u32>,
+    flags: Array<MapData, u32>,
+    ended: Array<MapData, u64>,
+    sweeper: Sweeper,
     service_ids: IdPool,
     set_ids: IdPool,
     backend_ids: IdPool,
@@ -111,11 +154,13 @@ impl ServiceTable {
         let mut service_used = Vec::new();
         let mut set_used = Vec::new();
         let mut scoped_count = 0;
+        let mut port_counts = StdHashMap::new();
         for entry in services.iter() {
             let (k, v) = entry.map_err(op(maps::SERVICES))?;
             service_used.push(v.id);
             set_used.push(v.set);
             scoped_count += u32::from(k.netns != 0);
+            *port_counts.entry(k.port).or_insert(0) += 1;
         }
         let scoped = open_map(dir, maps::SCOPED)?.try_into().map_err(op(maps::SCOPED))?;
         let mut backend_used = Vec::new();
@@ -152,6 +197,21 @@ impl ServiceTable {
                 .map_err(op(maps::SERVICE_NAMES))?,
             scoped,
             scoped_count,
+            ports: open_map(dir, maps::PORTS)?.try_into().map_err(op(maps::PORTS))?,
+            port_counts,
+            health_config: open_map(dir, maps::HEALTH_CONFIG)?
+                .try_into()
+                .map_err(op(maps::HEALTH_CONFIG))?,
+            service_health: open_map(dir, maps::SERVICE_HEALTH)?
+                .try_into()
+                .map_err(op(maps::SERVICE_HEALTH))?,
+            backend_health: open_map(dir, maps::BACKEND_HEALTH)?
+                .try_into()
+                .map_err(op(maps::BACKEND_HEALTH))?,
+            stale: open_map(dir, maps::STALE)?.try_into().map_err(op(maps::STALE))?,
+            flags: open_map(dir, maps::FLAGS)?.try_into().map_err(op(maps::FLAGS))?,
+            ended: open_map(dir, maps::ENDED)?.try_into().map_err(op(maps::ENDED))?,
+            sweeper: Sweeper::new(dir.parent().unwrap_or(dir).join("links"), None),
             service_ids: IdPool::with_used("service", MAX_SERVICES, service_used),
             // Two sets per service at most: the live one and the one being replaced.
             set_ids: IdPool::with_used("backend set", 2 * MAX_SERVICES + 2, set_used),
@@ -182,15 +242,43 @@ impl ServiceTable {
         Ok(orphans.len())
     }
 
-    /// Writes the count of netns-scoped services the programs read, as recounted by `open`:
-    /// the agent does it once at start (a map pinned by an older agent may lack the count).
-    pub fn repair_scoped_count(&mut self) -> Result<()> {
-        self.set_scoped(self.scoped_count)
+    /// Writes the counts the programs read (netns-scoped services, services per port), as
+    /// recounted by `open`: the agent does it once at start, before attaching (maps pinned
+    /// by an older agent may lack them).
+    pub fn repair_counts(&mut self) -> Result<()> {
+        self.set_scoped(self.scoped_count)?;
+        let counts: Vec<(u16, u32)> = self.port_counts.iter().map(|(p, n)| (*p, *n)).collect();
+        for (port, n) in counts {
+            self.set_port(port, n)?;
+        }
+        Ok(())
+    }
+
+    /// Sockets of an older agent (tracked without socket storage) may still be open: the
+    /// programs then fall back to its maps for them.
+    pub fn set_legacy(&mut self, on: bool) -> Result<()> {
+        self.flags.set(flags::LEGACY, u32::from(on), 0).map_err(op(maps::FLAGS))
+    }
+
+    /// Which cgroup's processes' network namespaces a sweep visits (default: every process).
+    pub fn set_sweep_cgroup(&mut self, cgroup: PathBuf) {
+        self.sweeper = Sweeper::new(self.sweeper_links(), Some(cgroup));
+    }
+
+    fn sweeper_links(&self) -> PathBuf {
+        self.sweeper.links().to_owned()
     }
 
     /// Installs or replaces a service and its whole backend set. A spec equal to what is
     /// installed changes nothing.
     pub fn upsert(&mut self, spec: &ServiceSpec) -> Result<()> {
+        self.upsert_limited(spec, 0)
+    }
+
+    /// `upsert`, noting that the service has `unprogrammed` more backends than the set
+    /// holds (it is at the per-service limit): `viking services` shows it.
+    pub fn upsert_limited(&mut self, spec: &ServiceSpec, unprogrammed: usize) -> Result<()> {
+        let unprogrammed = u16::try_from(unprogrammed).unwrap_or(u16::MAX);
         self.collect_retired(GRACE)?;
         validate(spec)?;
         let key = service_key(&spec.frontend);
@@ -210,13 +298,14 @@ impl ServiceTable {
                     .iter()
                     .zip(&spec.backends)
                     .all(|(b, want)| backend_addr(b) == *want);
-            if same && self.name_of(v.id)? == spec.name {
-                return Ok(());
+            if same && v.unprogrammed == unprogrammed && self.name_of(v.id)? == spec.name {
+                // Only the ejection settings may have changed: no new set for them.
+                return self.write_health_config(v.id, spec);
             }
         }
 
         let mut fresh = Fresh::default();
-        let result = self.write(spec, key, existing, &old_backends, &mut fresh);
+        let result = self.write(spec, key, existing, &old_backends, unprogrammed, &mut fresh);
         if result.is_err() {
             self.roll_back(fresh);
         }
@@ -231,6 +320,7 @@ impl ServiceTable {
         key: ServiceKey,
         existing: Option<ServiceValue>,
         old_backends: &[Backend],
+        unprogrammed: u16,
         fresh: &mut Fresh,
     ) -> Result<()> {
         let name = name_bytes(&spec.name)?;
@@ -243,6 +333,8 @@ impl ServiceTable {
                 id
             }
         };
+        // Before the flip: a connect to the new entry finds its settings.
+        self.write_health_config(id, spec)?;
         let mut keep: StdHashMap<SocketAddr, u32> =
             old_backends.iter().map(|b| (backend_addr(b), b.id)).collect();
         let set = self.set_ids.alloc().ok_or(DatapathError::IdsExhausted("backend set"))?;
@@ -267,12 +359,22 @@ impl ServiceTable {
             set,
             count: spec.backends.len() as u32,
             algo: spec.algo.number(),
-            _pad: [0; 3],
+            _pad: 0,
+            unprogrammed,
         };
         let new_scoped = existing.is_none() && key.netns != 0;
         if new_scoped {
             // Counted before the entry exists, so no connect misses it.
             self.set_scoped(self.scoped_count + 1)?;
+        }
+        if existing.is_none() {
+            // The same for its port.
+            if let Err(e) = self.add_port(key.port, 1) {
+                if new_scoped {
+                    self.set_scoped(self.scoped_count - 1)?;
+                }
+                return Err(e);
+            }
         }
         // NB: the commit point. Before it readers see only the old entry; after it, nothing
         // below can fail.
@@ -280,14 +382,19 @@ impl ServiceTable {
             if new_scoped {
                 self.set_scoped(self.scoped_count - 1)?;
             }
+            if existing.is_none() {
+                self.add_port(key.port, -1)?;
+            }
             return Err(op(maps::SERVICES)(e));
         }
         if let Some(old) = existing {
             self.retired.push((Instant::now(), old.set, old.count));
         }
+        let departed: Vec<(SocketAddr, u32)> = keep.iter().map(|(a, b)| (*a, *b)).collect();
         for (_, bid) in keep {
             self.backend_ids.release(bid);
         }
+        self.end_sockets(id, &departed, spec.end_tcp);
         // Display only (`viking services`): a failure here is not worth undoing the service.
         if let Err(e) = self.names.insert(id, name, 0) {
             tracing::warn!(service = %spec.name, error = %e, "writing the service's name");
@@ -321,11 +428,19 @@ impl ServiceTable {
             Err(e) => return Err(op(maps::SERVICES)(e)),
         };
         let backends = self.read_set(old.set, old.count)?;
+        let end_tcp = self.health_config.get(&old.id, 0).map(|c| c.end_tcp != 0).unwrap_or(false);
         self.services.remove(&key).map_err(op(maps::SERVICES))?;
         // The service is gone for readers: what it held is given back whatever fails below.
+        let departed: Vec<(SocketAddr, u32)> =
+            backends.iter().map(|b| (backend_addr(b), b.id)).collect();
         for b in backends {
             self.backend_ids.release(b.id);
         }
+        if let Err(e) = self.add_port(key.port, -1) {
+            // A count left too high costs a lookup; it is recounted at the next start.
+            tracing::warn!(error = %e, "lowering the per-port service count");
+        }
+        self.end_sockets(old.id, &departed, end_tcp);
         self.service_ids.release(old.id);
         self.retired.push((Instant::now(), old.set, old.count));
         if key.netns != 0 {
@@ -401,17 +516,27 @@ impl ServiceTable {
             rejects: acc.rejects + s.rejects,
             drops: acc.drops + s.drops,
         });
+        let now = health::monotonic_ns();
         let mut backends = Vec::new();
         for b in self.read_set(value.set, value.count)? {
             let active = self.active.get(&b.id, 0).map_err(op(maps::BACKEND_ACTIVE))?;
             let total = self.total.get(&b.id, 0).map_err(op(maps::BACKEND_TOTAL))?;
+            let h = self.backend_health.get(&b.id, 0).map_err(op(maps::BACKEND_HEALTH))?;
+            let (health, ejected_ms) = health::state(&h, now);
             backends.push(BackendStatus {
                 addr: backend_addr(&b),
                 id: b.id,
                 active,
                 total: total.iter().sum(),
+                health,
+                ejected_ms,
+                ejections: h.ejections,
+                failed_connects: h.failures,
+                failing: h.fails,
             });
         }
+        let cfg = self.health_config.get(&value.id, 0).map_err(op(maps::HEALTH_CONFIG))?;
+        let counters = self.service_health.get(&value.id, 0).map_err(op(maps::SERVICE_HEALTH))?;
         Ok(ServiceStatus {
             name: self.name_of(value.id)?,
             frontend: Frontend {
@@ -425,6 +550,11 @@ impl ServiceTable {
             conns: sum.conns,
             rejects: sum.rejects,
             drops: sum.drops,
+            unprogrammed: u32::from(value.unprogrammed),
+            ejection: health::ejection_of(&cfg),
+            end_tcp: cfg.end_tcp != 0,
+            ejections: counters.ejections,
+            failed_connects: counters.failures,
         })
     }
 
@@ -454,6 +584,9 @@ impl ServiceTable {
             .ok_or(DatapathError::IdsExhausted(self.backend_ids.what()))?;
         let zeros = per_cpu(0u64, self.ncpus, maps::BACKEND_TOTAL)?;
         self.total.set(bid, zeros, 0).map_err(op(maps::BACKEND_TOTAL))?;
+        self.backend_health
+            .set(bid, BackendHealth::default(), 0)
+            .map_err(op(maps::BACKEND_HEALTH))?;
         Ok(bid)
     }
 
@@ -467,7 +600,97 @@ impl ServiceTable {
         let zeros = per_cpu(ServiceStats::default(), self.ncpus, maps::SERVICE_STATS)?;
         self.stats.set(id, zeros, 0).map_err(op(maps::SERVICE_STATS))?;
         let zeros = per_cpu(0u32, self.ncpus, maps::RR_STATE)?;
-        self.rr.set(id, zeros, 0).map_err(op(maps::RR_STATE))
+        self.rr.set(id, zeros, 0).map_err(op(maps::RR_STATE))?;
+        self.service_health.set(id, ServiceHealth::default(), 0).map_err(op(maps::SERVICE_HEALTH))
+    }
+
+    /// Writes the service's ejection settings where they differ from what is there.
+    fn write_health_config(&mut self, id: u32, spec: &ServiceSpec) -> Result<()> {
+        let want = health::config_of(&spec.ejection, spec.end_tcp);
+        let have = self.health_config.get(&id, 0).map_err(op(maps::HEALTH_CONFIG))?;
+        if have != want {
+            self.health_config.set(id, want, 0).map_err(op(maps::HEALTH_CONFIG))?;
+        }
+        Ok(())
+    }
+
+    fn set_port(&mut self, port: u16, n: u32) -> Result<()> {
+        self.ports.set(u32::from(port), n, 0).map_err(op(maps::PORTS))?;
+        if n == 0 {
+            self.port_counts.remove(&port);
+        } else {
+            self.port_counts.insert(port, n);
+        }
+        Ok(())
+    }
+
+    fn add_port(&mut self, port: u16, delta: i32) -> Result<()> {
+        let n = self.port_counts.get(&port).copied().unwrap_or(0);
+        self.set_port(port, n.saturating_add_signed(delta))
+    }
+
+    /// Ends the sockets of service `id` still pinned to backends that left it: connected UDP
+    /// always, TCP if `tcp`. A failure is counted (`ended().failed_sweeps`) and logged; the
+    /// service change it follows stands.
+    fn end_sockets(&mut self, id: u32, departed: &[(SocketAddr, u32)], tcp: bool) {
+        if !self.sweeper.available() {
+            return;
+        }
+        // NB: a backend no connection was ever sent to has no socket to end; skipping it keeps
+        // a registration churning without traffic from walking every namespace's sockets.
+        let used = |bid: u32| self.total.get(&bid, 0).map(|v| v.iter().sum::<u64>() > 0);
+        let departed: Vec<SocketAddr> = departed
+            .iter()
+            .filter(|(_, bid)| used(*bid).unwrap_or(true))
+            .map(|(a, _)| *a)
+            .collect();
+        if departed.is_empty() {
+            return;
+        }
+        let keys: Vec<StaleKey> = departed
+            .iter()
+            .map(|a| StaleKey {
+                service: id,
+                port: to_port(a.port()),
+                _pad: 0,
+                addr: to_addr(a.ip()),
+            })
+            .collect();
+        let mut result = Ok(());
+        for k in &keys {
+            if let Err(e) = self.stale.insert(k, 1, 0) {
+                result = Err(op(maps::STALE)(e));
+            }
+        }
+        let result = result.and_then(|()| self.sweeper.sweep(tcp));
+        for k in &keys {
+            let _ = self.stale.remove(k);
+        }
+        match result {
+            Ok(swept) => tracing::debug!(
+                service = id,
+                backends = departed.len(),
+                namespaces = swept.namespaces,
+                failed = swept.failed,
+                "ended sockets pinned to departed backends"
+            ),
+            Err(e) => {
+                tracing::warn!(service = id, error = %e, "ending sockets pinned to departed backends");
+                let n = self.ended.get(&ended::FAILED_SWEEPS, 0).unwrap_or(0);
+                let _ = self.ended.set(ended::FAILED_SWEEPS, n + 1, 0);
+            }
+        }
+    }
+
+    /// Sockets ended so far, and whether this kernel can.
+    pub fn ended(&self) -> Result<EndedSockets> {
+        let get = |i| self.ended.get(&i, 0).map_err(op(maps::ENDED));
+        Ok(EndedSockets {
+            available: self.sweeper.available(),
+            udp: get(ended::UDP)?,
+            tcp: get(ended::TCP)?,
+            failed_sweeps: get(ended::FAILED_SWEEPS)?,
+        })
     }
 }
 
@@ -477,8 +700,18 @@ fn per_cpu<T: aya::Pod>(value: T, ncpus: usize, name: &'static str) -> Result<Pe
 }
 
 fn validate(spec: &ServiceSpec) -> Result<()> {
+    if let Some(reason) = spec.ejection.problem() {
+        return Err(DatapathError::BadEjection { service: spec.name.clone(), reason });
+    }
     if spec.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
         return Err(DatapathError::TooManyBackends(spec.name.clone()));
+    }
+    for b in &spec.backends {
+        check_backend(b).map_err(|reason| DatapathError::BadBackend {
+            service: spec.name.clone(),
+            backend: *b,
+            reason,
+        })?;
     }
     if spec.frontend.addr.is_ipv4() {
         if let Some(b) = spec.backends.iter().find(|b| b.is_ipv6()) {

@@ -41,7 +41,7 @@ pub struct Descriptor {
 
 /// A descriptor that does not parse: the variable's name and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{var}={value:?}: {reason}")]
+#[error("{var}={}: {reason}", crate::store::bounded(value))]
 pub struct DescriptorError {
     pub var: String,
     pub value: String,
@@ -113,18 +113,27 @@ impl Descriptor {
         if name.contains(['[', ']']) {
             return Err(err("tags go in one [...] at the end of the name"));
         }
-        if tags.iter().any(|t| t.contains(|c: char| c.is_whitespace() || c == '/')) {
-            return Err(err("a tag may not hold spaces or '/'"));
+        // NB: whitespace and control characters would not survive the descriptor's own text
+        // (it is trimmed) and are in no store key a registration is written under.
+        let odd = |c: char| c.is_whitespace() || c.is_control();
+        if tags.iter().any(|t| t.contains(|c: char| odd(c) || matches!(c, '/' | '[' | ']'))) {
+            return Err(err("a tag may not hold spaces, control characters, '/', '[' or ']'"));
         }
         let name = name.trim_end_matches('/');
         let service = if name.starts_with('/') {
-            if !name.starts_with(PREFIX.trim_end_matches('/')) || name.len() <= PREFIX.len() {
+            // NB: under `/services/` itself: `/servicesX/..` is not.
+            if !name.starts_with(PREFIX) || name.len() <= PREFIX.len() {
                 return Err(err("a path must be under /services/<env>/"));
+            }
+            if name.contains(odd) {
+                return Err(err("a path may not hold spaces or control characters"));
             }
             ServiceRef::Path(name.to_owned())
         } else {
-            if name.is_empty() || name.contains(char::is_whitespace) || name.contains('/') {
-                return Err(err("the service name is empty or holds spaces or '/'"));
+            if name.is_empty() || name.contains(odd) || name.contains('/') {
+                return Err(err(
+                    "the service name is empty or holds spaces, control characters or '/'",
+                ));
             }
             ServiceRef::Name(name.to_owned())
         };
@@ -198,6 +207,10 @@ mod tests {
             ("redis;80/sctp", "unknown protocol"),
             ("redis[prod;80", "one [...]"),
             ("/etc/passwd;80", "under /services/"),
+            ("/servicesd/prod/x;80", "under /services/"),
+            ("/services/prod/a\0\t/;6", "control"),
+            ("re\0dis;80", "control"),
+            ("redis[a\u{1}];80", "tag"),
             (";80", "empty"),
             ("re dis;80", "spaces"),
             ("redis[a b];80", "tag"),
@@ -206,6 +219,19 @@ mod tests {
             let e = Descriptor::parse("BACKEND_BAD", v).unwrap_err();
             assert_eq!(e.var, "BACKEND_BAD");
             assert!(e.to_string().contains(why), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_descriptor_reads_back_from_its_text() {
+        for v in [
+            "redis.master[prod,stats];6379/tcp",
+            "/services/prod/db/slaves/3306;3306",
+            "/services/prod/redis.master[prod];6379/udp",
+            "dns;53/udp",
+        ] {
+            let d = Descriptor::parse("BACKEND_X", v).unwrap();
+            assert_eq!(Descriptor::parse("BACKEND_X", &d.to_string()).unwrap(), d, "{v}");
         }
     }
 

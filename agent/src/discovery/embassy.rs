@@ -114,6 +114,8 @@ pub fn desired(
                         .filter(SocketAddr::is_ipv4)
                         .collect();
                     let spec = ServiceSpec {
+                        ejection: Default::default(),
+                        end_tcp: false,
                         name: super::endpoints::fit_name(&format!("{}:{}", c.id, d.var)),
                         frontend,
                         algo: d.balance.unwrap_or(algo),

@@ -12,20 +12,35 @@ use super::{
 pub struct Endpoints {
     by_key: BTreeMap<String, Endpoint>,
     by_service: HashMap<String, BTreeSet<String>>,
+    /// The store revision each registration was last written at (0: not known).
+    revisions: HashMap<String, i64>,
 }
 
 impl Endpoints {
     /// Adds or replaces a registration; returns the one it replaced.
     pub fn insert(&mut self, e: Endpoint) -> Option<Endpoint> {
+        self.insert_at(e, 0)
+    }
+
+    /// Adds or replaces a registration written at store revision `revision` (which decides
+    /// who is left out of a service with more backends than the datapath holds: the oldest).
+    pub fn insert_at(&mut self, e: Endpoint, revision: i64) -> Option<Endpoint> {
         let key = e.key.to_key();
         let old = self.remove(&key);
         self.by_service.entry(e.key.service.clone()).or_default().insert(key.clone());
+        self.revisions.insert(key.clone(), revision);
         self.by_key.insert(key, e);
         old
     }
 
+    /// The revision a registration was last written at (0 when not known).
+    pub fn revision(&self, key: &str) -> i64 {
+        self.revisions.get(key).copied().unwrap_or(0)
+    }
+
     /// Removes a registration by its store key; returns it.
     pub fn remove(&mut self, key: &str) -> Option<Endpoint> {
+        self.revisions.remove(key);
         let old = self.by_key.remove(key)?;
         if let Some(keys) = self.by_service.get_mut(&old.key.service) {
             keys.remove(key);
@@ -39,6 +54,7 @@ impl Endpoints {
     pub fn clear(&mut self) {
         self.by_key.clear();
         self.by_service.clear();
+        self.revisions.clear();
     }
 
     pub fn len(&self) -> usize {

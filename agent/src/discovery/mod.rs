@@ -6,10 +6,12 @@
 //! - `endpoints`: the registrations known, by key and by service
 //! - `registrator`: running instances -> their registrations
 //! - `embassy`: containers' descriptors -> netns-scoped services
+//! - `limit`: a service with more backends than the datapath holds for one
 //! - `sync`: the store -> the datapath
 pub mod descriptor;
 pub mod embassy;
 pub mod endpoints;
+pub mod limit;
 pub mod registration;
 pub mod registrator;
 pub mod sync;

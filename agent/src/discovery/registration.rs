@@ -133,6 +133,9 @@ impl Endpoint {
         let k = RegistrationKey::parse(key).map_err(bad)?;
         let record: Registration =
             serde_json::from_slice(value).map_err(|e| bad(format!("not a registration: {e}")))?;
+        let addr = SocketAddr::new(record.ipaddress, record.host_port);
+        crate::datapath::check_backend(&addr)
+            .map_err(|why| bad(format!("ipaddress {}: {why}", record.ipaddress)))?;
         Ok(Self { key: k, record })
     }
 }
@@ -166,6 +169,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.key, "/services/prod/apache/80/49161/x");
         assert!(RegistrationKey::parse("/services/prod/apache/80").is_err());
+        for ip in ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1"] {
+            let v = format!(r#"{{"ipaddress": "{ip}", "host_port": 80}}"#);
+            let e = Endpoint::parse("/services/prod/apache/80/80/x", v.as_bytes()).unwrap_err();
+            assert!(e.reason.contains("no host"), "{ip}: {e}");
+        }
+        let huge = format!(r#"{{"ipaddress": "{}"}}"#, "x".repeat(1 << 20));
+        let e = Endpoint::parse("/services/prod/apache/80/80/x", huge.as_bytes()).unwrap_err();
+        assert!(e.to_string().len() < 1000, "a 1 MB value is shown as a bounded prefix");
         assert!(RegistrationKey::parse("/services/prod/apache/http/1/x").is_err());
     }
 }

@@ -25,6 +25,7 @@ use std::{
 use super::{
     embassy::{self, is_embassy_addr, Containers, Reported},
     endpoints::{fit_name, Endpoints},
+    limit,
     registration::{Endpoint, PREFIX as SERVICES},
 };
 use crate::{
@@ -38,7 +39,8 @@ use crate::{
 const RETRY: Duration = Duration::from_secs(1);
 
 /// The ambassador-port services the datapath should hold, each balanced as its allocation
-/// says.
+/// says. A service with more backends than the datapath holds for one carries them all, the
+/// newest first (`limit::order`); the programmer installs as many as fit.
 pub fn desired(
     allocations: &[PortAllocation],
     endpoints: &Endpoints,
@@ -51,16 +53,18 @@ pub fn desired(
         let udp = mine.iter().any(|e| e.record.proto == Some(Proto::Udp));
         let protos: &[Proto] = if udp { &[Proto::Tcp, Proto::Udp] } else { &[Proto::Tcp] };
         for &proto in protos {
-            let backends: BTreeSet<SocketAddr> = mine
-                .iter()
-                .filter(|e| {
-                    e.record.proto.unwrap_or(Proto::Tcp) == proto
-                        || (udp && e.record.proto.is_none())
-                })
-                .map(|e| e.addr())
-                .filter(|b| b.is_ipv4() == ambassador.is_ipv4() || ambassador.is_ipv6())
-                .collect();
+            let backends = limit::order(
+                mine.iter()
+                    .filter(|e| {
+                        e.record.proto.unwrap_or(Proto::Tcp) == proto
+                            || (udp && e.record.proto.is_none())
+                    })
+                    .map(|e| (e.addr(), endpoints.revision(&e.key.to_key())))
+                    .filter(|(b, _)| b.is_ipv4() == ambassador.is_ipv4() || ambassador.is_ipv6()),
+            );
             out.push(ServiceSpec {
+                ejection: Default::default(),
+                end_tcp: false,
                 name: fit_name(&match a.variant {
                     None => format!("{}:{}", a.service, a.port),
                     Some(v) => format!("{}:{}@{v}", a.service, a.port),
@@ -71,7 +75,7 @@ pub fn desired(
                     netns: 0,
                 },
                 algo: a.balance,
-                backends: backends.into_iter().collect(),
+                backends,
             });
         }
     }
@@ -96,13 +100,50 @@ pub struct Programmer {
     ambassador: IpAddr,
     range: PortRange,
     applied: BTreeMap<Frontend, ServiceSpec>,
+    /// The services at the per-service backend limit, and how many backends each leaves out.
+    over_limit: BTreeMap<Frontend, usize>,
     full: bool,
 }
 
 impl Programmer {
     /// The first pass is a full reconcile.
     pub fn new(ambassador: IpAddr, range: PortRange) -> Self {
-        Self { ambassador, range, applied: BTreeMap::new(), full: true }
+        Self {
+            ambassador,
+            range,
+            applied: BTreeMap::new(),
+            over_limit: BTreeMap::new(),
+            full: true,
+        }
+    }
+
+    /// The services at the per-service backend limit and how many backends each leaves out
+    /// (what metrics report; the datapath has the same per service, `ServiceStatus`).
+    pub fn over_limit(&self) -> &BTreeMap<Frontend, usize> {
+        &self.over_limit
+    }
+
+    /// Installs a spec, as many of its backends as a service holds (`limit`).
+    fn install(
+        &mut self,
+        table: &mut ServiceTable,
+        spec: &ServiceSpec,
+    ) -> Result<(), crate::datapath::DatapathError> {
+        let (capped, left_out) = limit::cap(spec);
+        table.upsert_limited(&capped, left_out)?;
+        if left_out == 0 {
+            if self.over_limit.remove(&spec.frontend).is_some() {
+                tracing::info!(service = %spec.name, backends = spec.backends.len(), "every backend is programmed again");
+            }
+        } else if self.over_limit.insert(spec.frontend, left_out).is_none() {
+            tracing::warn!(
+                service = %spec.name,
+                registered = spec.backends.len(),
+                limit = limit::MAX,
+                "more backends than a service holds: the newest registrations are programmed, the oldest left out"
+            );
+        }
+        Ok(())
     }
 
     /// Whether the loop owns an entry of the table.
@@ -149,7 +190,10 @@ impl Programmer {
         for s in installed {
             if self.owns(&s.frontend) && !want.contains_key(&s.frontend) {
                 match table.remove(&s.frontend) {
-                    Ok(_) => done.removed += 1,
+                    Ok(_) => {
+                        done.removed += 1;
+                        self.over_limit.remove(&s.frontend);
+                    }
                     Err(e) => {
                         tracing::warn!(frontend = %s.frontend, error = %e, "removing a service");
                         done.failed += 1;
@@ -158,7 +202,7 @@ impl Programmer {
             }
         }
         for (f, spec) in want {
-            match table.upsert(&spec) {
+            match self.install(table, &spec) {
                 Ok(()) => {
                     done.upserted += 1;
                     self.applied.insert(f, spec);
@@ -199,6 +243,7 @@ impl Programmer {
                 None if self.applied.contains_key(&f) => match table.remove(&f) {
                     Ok(_) => {
                         self.applied.remove(&f);
+                        self.over_limit.remove(&f);
                         done.removed += 1;
                     }
                     Err(e) => {
@@ -208,7 +253,7 @@ impl Programmer {
                 },
                 None => {}
                 Some(spec) if self.applied.get(&f) == Some(&spec) => {}
-                Some(spec) => match table.upsert(&spec) {
+                Some(spec) => match self.install(table, &spec) {
                     Ok(()) => {
                         done.upserted += 1;
                         self.applied.insert(f, spec);
@@ -293,7 +338,7 @@ impl View {
         let old = match Endpoint::parse(&kv.key, &kv.value) {
             Ok(e) => {
                 self.dirty.services.insert(e.key.service.clone());
-                self.endpoints.insert(e)
+                self.endpoints.insert_at(e, kv.mod_revision)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring a registration");

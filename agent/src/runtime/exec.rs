@@ -10,6 +10,11 @@
 //!   instance's sockets;
 //! - a state file `<data>/exec/<name>.json` (pid, start time, address), so an agent restart
 //!   finds its instances again; the process is not the agent's child and outlives it.
+//!
+//! A start is crash-safe: the state file is written (marked `starting`, naming the namespace,
+//! cgroup and veth it is about to make) before anything is made, and every step is
+//! idempotent. An agent killed at any moment of a start leaves a record that the next agent
+//! cleans up (`list`) before starting the instance again from scratch.
 use std::{
     collections::BTreeMap,
     fs,
@@ -51,6 +56,11 @@ struct StateFile {
     veth: Option<String>,
     cookie: Option<u64>,
     exit: Option<i32>,
+    /// Written before the start makes anything, cleared once the process runs and its pid is
+    /// recorded: a record still `starting` that no start of this agent is working on was left
+    /// by an agent killed mid-start.
+    #[serde(default)]
+    starting: bool,
 }
 
 #[derive(Clone)]
@@ -65,6 +75,20 @@ struct Inner {
     notify: Arc<Notify>,
     /// Exit codes of the processes this agent started and reaped.
     exits: Mutex<BTreeMap<i32, i32>>,
+    /// The instances this agent is starting right now.
+    starting: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// Marks an instance as being started by this agent for as long as it lives.
+struct Starting<'a> {
+    inner: &'a Inner,
+    name: String,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.inner.starting.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
+    }
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
@@ -111,6 +135,7 @@ impl ExecRuntime {
                 netns_dir,
                 notify: Arc::new(Notify::new()),
                 exits: Mutex::new(BTreeMap::new()),
+                starting: Mutex::new(Default::default()),
             }),
         })
     }
@@ -140,8 +165,36 @@ impl ExecRuntime {
         self.inner.cfg.cgroup.join(format!("vk-{}-{name}", self.inner.cfg.node))
     }
 
-    /// A fresh network namespace bind-mounted at `path`.
+    fn begin_start(&self, name: &str) -> Starting<'_> {
+        self.inner.starting.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned());
+        Starting { inner: &self.inner, name: name.to_owned() }
+    }
+
+    fn is_starting(&self, name: &str) -> bool {
+        self.inner.starting.lock().unwrap_or_else(|e| e.into_inner()).contains(name)
+    }
+
+    /// Unmounts whatever is mounted at `path` (a namespace left by an agent killed
+    /// mid-start) and removes the file.
+    fn clear_netns(path: &Path) -> Result<()> {
+        // NB: EINVAL once nothing more is mounted there; mounts may be stacked.
+        for _ in 0..8 {
+            if umount2(path, MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io("removing", path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A fresh network namespace bind-mounted at `path` (whatever was there is replaced:
+    /// creating a file on a leftover mount would fail with EPERM).
     fn create_netns(path: &Path) -> Result<()> {
+        Self::clear_netns(path)?;
         fs::File::create(path).map_err(io("creating", path))?;
         let target = path.to_path_buf();
         std::thread::spawn(move || -> std::io::Result<()> {
@@ -337,8 +390,9 @@ impl ExecRuntime {
                 tracing::warn!(instance = %name, error = %e, "deleting its veth");
             }
         }
-        let _ = umount2(&st.netns, MntFlags::MNT_DETACH);
-        let _ = fs::remove_file(&st.netns);
+        if let Err(e) = Self::clear_netns(&st.netns) {
+            tracing::warn!(instance = %name, error = %e, "removing its network namespace");
+        }
         // Anything left in the cgroup (a daemon the job forked) goes with it.
         let _ = fs::write(st.cgroup.join("cgroup.kill"), "1");
         for _ in 0..20 {
@@ -358,23 +412,33 @@ impl Runtime for ExecRuntime {
 
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
         let name = spec.name();
+        let _starting = self.begin_start(&name);
         self.remove(&name).await?;
         let mut cmd = self.command(spec)?;
         let netns = self.inner.netns_dir.join(&name);
         let cgroup = self.cgroup_path(&name);
-        Self::create_netns(&netns)?;
         let mut st = StateFile {
             spec: spec.clone(),
             pid: 0,
             start_time: 0,
             netns: netns.clone(),
             cgroup: cgroup.clone(),
-            veth: None,
-            cookie: netns_cookie(&netns).ok(),
+            // NB: the name `plumb` gives the host end, recorded before it exists.
+            veth: matches!(spec.address, Some(IpAddr::V4(_)))
+                .then(|| veth_name(&self.inner.cfg.node, &name)),
+            cookie: None,
             exit: None,
+            starting: true,
         };
+        // Recorded before anything is made: from here on a crash leaves a record that the
+        // next agent cleans up.
+        self.write_state(&name, &st)?;
         let started = async {
-            st.veth = self.plumb(&name, &netns, spec.address).await?;
+            Self::create_netns(&netns)?;
+            st.cookie = netns_cookie(&netns).ok();
+            if let Some(veth) = self.plumb(&name, &netns, spec.address).await? {
+                st.veth = Some(veth);
+            }
             let log_path = self.log_path(&name);
             let mut log = fs::OpenOptions::new()
                 .create(true)
@@ -391,6 +455,9 @@ impl Runtime for ExecRuntime {
             let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
             st.pid = pid;
             st.start_time = start_time(pid).unwrap_or(0);
+            st.starting = false;
+            // NB: until this write a crash leaves the process in its cgroup, which the
+            // cleanup of the `starting` record kills.
             self.write_state(&name, &st)?;
             self.reap(child, pid, name.clone());
             Ok::<_, RuntimeError>(())
@@ -419,9 +486,18 @@ impl Runtime for ExecRuntime {
             let Ok(entry) = entry else { continue };
             let file = entry.file_name().to_string_lossy().into_owned();
             let Some(name) = file.strip_suffix(".json") else { continue };
-            if let Some(st) = self.read_state(name) {
-                out.push(self.instance(&st));
+            let Some(st) = self.read_state(name) else { continue };
+            if st.starting {
+                if !self.is_starting(name) {
+                    // An agent was killed while it started this one: undo what it made; the
+                    // instance is then missing, and started afresh if it is wanted.
+                    tracing::info!(instance = %name, "cleaning up a start cut short");
+                    Self::stop_process(&st).await;
+                    self.cleanup(name, &st).await;
+                }
+                continue;
             }
+            out.push(self.instance(&st));
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -50,11 +50,18 @@ impl Node {
     }
 }
 
+/// Deepest nesting of lists and mappings a document may have. Stack files and job records
+/// nest a few levels; a deeper tree would be dropped (and walked) recursively, and thousands
+/// of levels (`- - - - ...`, found by fuzzing) overflow the stack.
+pub const MAX_DEPTH: usize = 64;
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<(Node, Option<Node>)>,
     root: Option<Node>,
     error: Option<(usize, String)>,
+    /// Levels opened below `MAX_DEPTH`, skipped.
+    too_deep: usize,
 }
 
 impl Builder {
@@ -80,6 +87,24 @@ impl Builder {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let line = mark.line();
+        if self.too_deep > 0 || self.stack.len() >= MAX_DEPTH {
+            match ev {
+                Event::SequenceStart(..) | Event::MappingStart(..) => {
+                    if self.error.is_none() {
+                        let msg = format!("nested deeper than {MAX_DEPTH} levels");
+                        self.error = Some((line, msg));
+                    }
+                    self.too_deep += 1;
+                    return;
+                }
+                Event::SequenceEnd | Event::MappingEnd if self.too_deep > 0 => {
+                    self.too_deep -= 1;
+                    return;
+                }
+                _ if self.too_deep > 0 => return,
+                _ => {}
+            }
+        }
         match ev {
             Event::Scalar(s, style, _, _) => {
                 let plain = matches!(style, yaml_rust2::scanner::TScalarStyle::Plain);
@@ -128,9 +153,17 @@ pub fn parse(file: &Path, text: &str) -> Result<Node, StackError> {
     let text = detab(text);
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(&text);
-    parser.load(&mut builder, false).map_err(|e| {
-        StackError::new(file, e.marker().line(), "", format!("invalid YAML: {}", e.info()))
-    })?;
+    // NB: events one by one, not `Parser::load`: that recurses once per level of nesting, and
+    // the builder stops at `MAX_DEPTH`.
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| {
+            StackError::new(file, e.marker().line(), "", format!("invalid YAML: {}", e.info()))
+        })?;
+        if matches!(ev, Event::DocumentEnd | Event::StreamEnd) || builder.error.is_some() {
+            break;
+        }
+        builder.on_event(ev, mark);
+    }
     if let Some((line, msg)) = builder.error {
         return Err(StackError::new(file, line, "", msg));
     }
@@ -151,6 +184,16 @@ mod tests {
         assert!(
             matches!(&ports.value, Value::Seq(v) if v[0].as_scalar() == Some("27017") && v[0].line == 4)
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        for text in ["- ".repeat(30_000), "[".repeat(30_000), "{a: ".repeat(30_000)] {
+            let e = parse(Path::new("deep.yml"), &text).unwrap_err();
+            assert!(e.to_string().contains("deep") || e.to_string().contains("invalid"), "{e}");
+        }
+        let ok = format!("{}x", "- ".repeat(MAX_DEPTH));
+        assert!(parse(Path::new("ok.yml"), &ok).is_ok());
     }
 
     #[test]

@@ -29,6 +29,14 @@ impl AnyStore {
             StoreSpec::Embedded(dir) => Self::Embedded(EmbeddedStore::open_for_reading(dir).await?),
         })
     }
+
+    /// Whether the store works right now (docs/store.md, "Health").
+    pub fn health(&self) -> super::HealthSignal {
+        match self {
+            Self::Etcd(s) => s.health(),
+            Self::Embedded(s) => s.health(),
+        }
+    }
 }
 
 macro_rules! each {

@@ -8,6 +8,7 @@
 //! - `mirror`: a prefix copied into memory and kept current by a watch; `changes`: only
 //!   word that some prefixes changed.
 //! - `keys`: the key layout.
+//! - `health`: whether the store works right now (what `/v1/health` reports).
 mod any;
 pub mod bulk;
 mod changes;
@@ -15,6 +16,7 @@ mod election;
 pub mod embedded;
 mod error;
 pub mod etcd;
+pub mod health;
 pub mod keys;
 mod lease;
 pub mod limits;
@@ -30,12 +32,13 @@ pub use changes::Changes;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use etcd::{EtcdOptions, EtcdStore};
+pub use health::{HealthSignal, StoreHealth};
 pub use lease::Lease;
 pub use mirror::Mirror;
 pub use spec::{StoreSpec, DEFAULT_STORE};
 pub use types::{
-    BadValue, Compare, KeyValue, LeaderKey, LeaseId, Listing, Op, Revision, Txn, TxnResult,
-    WatchEvent,
+    bounded, BadValue, Compare, KeyValue, LeaderKey, LeaseId, Listing, Op, Revision, Txn,
+    TxnResult, WatchEvent,
 };
 pub use watch::Watch;
 

@@ -44,13 +44,29 @@ impl KeyValue {
     }
 }
 
-/// A value that does not parse as what its key says it holds.
+/// A value that does not parse as what its key says it holds. Its message shows a bounded
+/// prefix of the key and the value (a value may be megabytes: the log gets 200 bytes of it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("key {key}: value {value:?} is not valid: {reason}")]
+#[error("key {}: value {} is not valid: {reason}", bounded(key), bounded(value))]
 pub struct BadValue {
     pub key: String,
     pub value: String,
     pub reason: String,
+}
+
+/// How much of a key or value an error message shows.
+pub const SHOWN: usize = 200;
+
+/// `text` quoted, cut after `SHOWN` bytes (at a character boundary) with its full length said.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= SHOWN {
+        return format!("{text:?}");
+    }
+    let mut end = SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes in all)", &text[..end], text.len())
 }
 
 /// A consistent snapshot of every key under a prefix.

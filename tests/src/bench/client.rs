@@ -86,7 +86,11 @@ fn cps_loop(addr: SocketAddr, deadline: Instant) -> CpsResult {
 }
 
 fn one_request(addr: SocketAddr) -> std::io::Result<()> {
-    let mut s = TcpStream::connect(addr)?;
+    exchange(TcpStream::connect(addr)?)
+}
+
+/// One request and its reply on a connected stream, then close.
+pub fn exchange(mut s: TcpStream) -> std::io::Result<()> {
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.write_all(REQUEST)?;

@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use viking::{
     cluster::ports::PortAllocation,
     cluster::DEFAULT_PORT_RANGE,
@@ -44,7 +44,7 @@ use crate::{
 /// What `vk-bench discovery` was asked for (the same as the datapath benchmark).
 pub use super::Options;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub services: usize,
     pub changes: usize,
@@ -67,7 +67,7 @@ impl Plan {
 }
 
 /// One change's instants, in µs after the put was sent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Change {
     pub service: usize,
     pub put_us: f64,
@@ -75,13 +75,13 @@ pub struct Change {
     pub datapath_us: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub what: String,
     pub stats: LatencyStats,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiscoveryReport {
     pub benchmark: String,
     pub date: String,
@@ -203,6 +203,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(&report).context("serialising the report")?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         println!("\nJSON: {}", path.display());
+    }
+    if let Some(dir) = &opts.svg {
+        for file in super::plot::discovery(&report, dir)? {
+            println!("SVG: {}", file.display());
+        }
     }
     Ok(())
 }

@@ -3,9 +3,9 @@
 use std::{path::Path, process::Command};
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpus: usize,
     pub cpu_model: String,
@@ -56,7 +56,7 @@ pub fn now_utc() -> String {
         .unwrap_or_default()
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub path: String,
     pub metric: String,
@@ -69,7 +69,7 @@ pub struct Row {
 }
 
 /// One measurement of a repeated run (rows report the median).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     pub path: String,
     pub metric: String,
@@ -78,7 +78,7 @@ pub struct Run {
 }
 
 /// Connect latency of one path at one table size, all samples.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LatencyDetail {
     pub services: usize,
     pub path: String,
@@ -86,7 +86,7 @@ pub struct LatencyDetail {
 }
 
 /// In-kernel time of the datapath's programs per TCP connection (BPF_ENABLE_STATS).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HookDetail {
     /// When: at which table size, or after which runs.
     pub when: String,
@@ -98,7 +98,7 @@ pub struct HookDetail {
     pub sock_ops_calls: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Goal {
     pub goal: String,
     pub measured: f64,
@@ -109,7 +109,7 @@ pub struct Goal {
     pub per_run: Vec<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub benchmark: String,
     pub date: String,
@@ -123,6 +123,9 @@ pub struct Report {
     pub runs: Vec<Run>,
     pub latency: Vec<LatencyDetail>,
     pub hooks: Vec<HookDetail>,
+    /// One of three backends dying mid-run, with and without ejection.
+    #[serde(default)]
+    pub failover: Vec<super::failover::FailoverDetail>,
     pub notes: Vec<String>,
 }
 
@@ -258,6 +261,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
         "ns" => format!("{v:.0}"),
         "×" => format!("{v:.3}"),
         "s" => format!("{v:.3}"),
+        "%" => format!("{v:.3}"),
         _ => format!("{v:.0}"),
     }
 }

@@ -79,7 +79,7 @@ impl Filter {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub iperf_secs: u32,
     pub iperf_reps: usize,
@@ -100,7 +100,7 @@ impl Plan {
 }
 
 /// One receiver's results (medians over the repetitions).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FilterResult {
     pub throughput_1_stream_gbps: f64,
     pub throughput_4_streams_gbps: f64,
@@ -117,7 +117,7 @@ pub struct FilterResult {
     pub syn: Option<SynResult>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SynResult {
     pub sent: u64,
     pub send_secs: f64,
@@ -135,7 +135,7 @@ pub struct SynResult {
     pub filter_ns_per_packet: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     pub filter: String,
     pub metric: String,
@@ -143,7 +143,7 @@ pub struct Run {
     pub value: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VpcReport {
     pub benchmark: String,
     pub date: String,
@@ -581,6 +581,11 @@ async fn run_async(opts: &Options) -> anyhow::Result<()> {
     summarize(&mut report, &syn);
     println!("    whole run: {:.0} s", started.elapsed().as_secs_f64());
     print_report(&report);
+    if let Some(dir) = &opts.svg {
+        for file in super::plot::vpc(&report, dir)? {
+            println!("SVG: {}", file.display());
+        }
+    }
     if let Some(path) = &opts.json {
         let text = serde_json::to_string_pretty(&report).context("serialising")?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;

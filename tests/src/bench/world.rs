@@ -90,6 +90,8 @@ pub fn filler_addr(i: usize) -> Ipv4Addr {
 /// A service spec with a TCP frontend.
 pub fn spec(name: &str, frontend: SocketAddrV4, backends: &[SocketAddrV4]) -> ServiceSpec {
     ServiceSpec {
+        ejection: Default::default(),
+        end_tcp: false,
         name: name.to_owned(),
         frontend: Frontend { addr: SocketAddr::V4(frontend), proto: Proto::Tcp, netns: 0 },
         algo: Algo::Random,

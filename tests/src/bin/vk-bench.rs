@@ -1,27 +1,31 @@
 //! Viking's benchmarks (docs/benchmarks.md). Run through `cargo xtask bench datapath`, as root.
 //!
-//!   vk-bench datapath [--json FILE] [--quick]   the whole benchmark (viking_tests::bench)
-//!   vk-bench discovery [--json FILE] [--quick]  store change -> datapath (bench::discovery)
+//!   vk-bench datapath [--json FILE] [--svg DIR] [--quick]   the whole benchmark (bench::)
+//!   vk-bench discovery [--json FILE] [--svg DIR] [--quick]  store change -> datapath
 //!   vk-bench agent [--json FILE] [--quick]      a real agent: memory, cold start (bench::agent)
+//!   vk-bench plot FILE.json DIR                  draw a saved run's charts (SVG) again
 //!   vk-bench vpc [--json FILE] [--quick]        the VPC filter against none and nftables
 //!   vk-bench synburst SRC DST PORT COUNT         raw TCP SYNs (bench::vpc's outsider)
 //!   vk-bench cps ADDR SECS THREADS               connection loop; prints one JSON line
 //!   vk-bench latency ADDR SAMPLES                connect() timings; prints one JSON line
+//!   vk-bench failover ADDR SECS THREADS TIMEOUT_MS   connects while a backend dies
 //!
-//! `cps` and `latency` are what the benchmark runs as children inside the client namespace
-//! and the datapath's cgroup.
+//! `cps`, `latency` and `failover` are what the benchmark runs as children inside the client
+//! namespace and the datapath's cgroup.
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context as _};
 use viking_tests::bench::{self, client};
 
-const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--quick]
-       vk-bench discovery [--json FILE] [--quick]
+const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--svg DIR] [--quick]
+       vk-bench discovery [--json FILE] [--svg DIR] [--quick]
        vk-bench agent [--json FILE] [--quick]
+       vk-bench plot FILE.json DIR
        vk-bench vpc [--json FILE] [--quick]
        vk-bench synburst SRC DST PORT COUNT
        vk-bench cps ADDR SECS THREADS
-       vk-bench latency ADDR SAMPLES";
+       vk-bench latency ADDR SAMPLES
+       vk-bench failover ADDR SECS THREADS TIMEOUT_MS";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -47,6 +51,9 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                     "--json" => {
                         opts.json = Some(PathBuf::from(rest.next().context("--json needs a FILE")?))
                     }
+                    "--svg" => {
+                        opts.svg = Some(PathBuf::from(rest.next().context("--svg needs a DIR")?))
+                    }
                     other => bail!("unknown argument {other:?}\n{USAGE}"),
                 }
             }
@@ -56,6 +63,22 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                 "vpc" => bench::vpc::run(&opts),
                 _ => bench::discovery::run(&opts),
             }
+        }
+        Some("plot") => {
+            let file = PathBuf::from(arg(1, "FILE.json")?);
+            let dir = PathBuf::from(arg(2, "DIR")?);
+            for f in bench::plot::from_json(&file, &dir)? {
+                println!("SVG: {}", f.display());
+            }
+            Ok(())
+        }
+        Some("failover") => {
+            let addr: SocketAddr = arg(1, "ADDR")?.parse().context("ADDR")?;
+            let secs: f64 = arg(2, "SECS")?.parse().context("SECS")?;
+            let threads: usize = arg(3, "THREADS")?.parse().context("THREADS")?;
+            let ms: u64 = arg(4, "TIMEOUT_MS")?.parse().context("TIMEOUT_MS")?;
+            let timeout = std::time::Duration::from_millis(ms);
+            print_json(&bench::failover::client(addr, secs, threads, timeout))
         }
         Some("synburst") => {
             let src = arg(1, "SRC")?.parse().context("SRC")?;

@@ -3,6 +3,8 @@
 //!
 //!   vk-probe tcp ADDR [COUNT]      connect, getpeername, read greeting, close; COUNT times
 //!   vk-probe udp ADDR [connected]  one datagram by sendto (or connect+send), one reply
+//!   vk-probe udp-pinned ADDR       connected UDP: one exchange, print "ready", wait for a line
+//!                                  on stdin, then the same socket again and a new socket
 //!   vk-probe hold ADDR N           open N connections, print them, print "ready", wait for
 //!                                  stdin to close, then check each still echoes
 //!   vk-probe stream ADDR BYTES     ask for BYTES and read them all
@@ -10,6 +12,8 @@
 //!   vk-probe serve ADDR [NAME]     a TCP backend (tests/src/backend.rs) named NAME (default:
 //!                                  $HOSTNAME), for jobs run by the exec runtime; it also
 //!                                  answers UDP datagrams on ADDR with `NAME/udp PEER`
+//!
+//! VK_PROBE_TIMEOUT_MS sets the connect and read timeout (default 5000).
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -18,7 +22,10 @@ use std::{
 
 use viking_tests::probe::{Conn, Summary};
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+fn timeout() -> Duration {
+    let ms = std::env::var("VK_PROBE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok());
+    Duration::from_millis(ms.unwrap_or(5000))
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -32,6 +39,7 @@ fn main() {
             }
         }
         Some("udp") => emit(&udp_once(addr, arg(3) == "connected")),
+        Some("udp-pinned") => udp_pinned(addr),
         Some("hold") => hold(addr, arg(3).parse().unwrap_or(1)),
         Some("stream") => stream(addr, arg(3).parse().unwrap_or(0)),
         Some("loop") => connect_loop(addr),
@@ -86,11 +94,11 @@ fn failed(e: &std::io::Error) -> Conn {
 }
 
 fn tcp_once(addr: SocketAddr) -> (Option<BufReader<TcpStream>>, Conn) {
-    let s = match TcpStream::connect_timeout(&addr, TIMEOUT) {
+    let s = match TcpStream::connect_timeout(&addr, timeout()) {
         Ok(s) => s,
         Err(e) => return (None, failed(&e)),
     };
-    let _ = s.set_read_timeout(Some(TIMEOUT));
+    let _ = s.set_read_timeout(Some(timeout()));
     let peer = s.peer_addr().ok().map(|p| p.to_string());
     let mut r = BufReader::new(s);
     let mut line = String::new();
@@ -110,7 +118,7 @@ fn udp_once(addr: SocketAddr, connected: bool) -> Conn {
         Ok(s) => s,
         Err(e) => return failed(&e),
     };
-    let _ = sock.set_read_timeout(Some(TIMEOUT));
+    let _ = sock.set_read_timeout(Some(timeout()));
     let mut buf = [0u8; 2048];
     if connected {
         if let Err(e) = sock.connect(addr).and_then(|_| sock.send(b"ping")) {
@@ -140,6 +148,36 @@ fn udp_once(addr: SocketAddr, connected: bool) -> Conn {
             Err(e) => failed(&e),
         }
     }
+}
+
+fn udp_pinned(addr: SocketAddr) {
+    let bind: SocketAddr =
+        if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap_or(addr);
+    let sock = match UdpSocket::bind(bind).and_then(|s| s.connect(addr).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => return emit(&failed(&e)),
+    };
+    let _ = sock.set_read_timeout(Some(timeout()));
+    let exchange = |sock: &UdpSocket| {
+        let mut buf = [0u8; 2048];
+        match sock.send(b"ping").and_then(|_| sock.recv(&mut buf)) {
+            Ok(n) => Conn {
+                peer: sock.peer_addr().ok().map(|p| p.to_string()),
+                reply: Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                errno: None,
+                error: None,
+            },
+            Err(e) => failed(&e),
+        }
+    };
+    emit(&exchange(&sock));
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    // The same socket: ended by the datapath if its backend left.
+    emit(&exchange(&sock));
+    emit(&udp_once(addr, true));
 }
 
 fn wait_stdin_eof() {

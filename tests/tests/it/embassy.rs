@@ -161,6 +161,8 @@ async fn backend_descriptors_reach_tagged_registrations_in_their_own_netns_only(
     // What an earlier agent may have left: a netns-scoped entry of a container that is gone
     // (the loop's: removed), and an entry made by hand (not the loop's: kept).
     let stale = ServiceSpec {
+        ejection: Default::default(),
+        end_tcp: false,
         name: "gone:BACKEND_X".into(),
         frontend: Frontend {
             addr: "127.0.0.1:7777".parse().unwrap(),
@@ -171,6 +173,8 @@ async fn backend_descriptors_reach_tagged_registrations_in_their_own_netns_only(
         backends: vec!["10.203.0.2:6379".parse().unwrap()],
     };
     let by_hand = ServiceSpec {
+        ejection: Default::default(),
+        end_tcp: false,
         name: "by-hand".into(),
         frontend: Frontend { addr: "10.99.0.1:80".parse().unwrap(), proto: Proto::Tcp, netns: 0 },
         ..stale.clone()

@@ -9,6 +9,7 @@ mod discovery;
 mod docker_agent;
 mod embassy;
 mod ops;
+mod robust;
 mod runtime_docker;
 mod stacks;
 mod store;

@@ -21,6 +21,9 @@ const MAX_BATCH: usize = 1024;
 pub(super) const RETAIN: i64 = 100_000;
 /// Longest the writer sleeps between lease expiry checks.
 const TICK: Duration = Duration::from_millis(200);
+/// After a storage error, how often the writer tries to reopen the file (and, once open, to
+/// commit) while nothing else asks it to.
+const REOPEN: Duration = Duration::from_millis(500);
 
 pub(super) enum Write {
     Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
@@ -382,9 +385,12 @@ fn storage(f: Fail) -> redb::Error {
 
 /// The writer thread's loop; ends when every handle is gone or on `Shutdown`.
 pub(super) fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>) {
+    let mut recovery = Recovery::default();
     loop {
         let mut requests = Vec::new();
-        match rx.recv_timeout(shared.next_expiry().min(TICK)) {
+        let wait = shared.next_expiry().min(TICK);
+        let wait = if recovery.failing { wait.min(REOPEN) } else { wait };
+        match rx.recv_timeout(wait) {
             Ok(r) => requests.push(r),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -397,8 +403,11 @@ pub(super) fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>) {
         }
         let shutdown = requests.iter().any(|r| matches!(r.write, Write::Shutdown));
         let expired = shared.take_expired();
-        if !requests.is_empty() || !expired.is_empty() {
-            commit(&shared, requests, &expired);
+        // NB: while failing, an empty commit now and then is the probe that says the disk
+        // takes writes again (and turns the health signal back).
+        let probe = recovery.failing && recovery.due();
+        if !requests.is_empty() || !expired.is_empty() || probe {
+            commit(&shared, requests, &expired, &mut recovery);
         }
         if shutdown {
             break;
@@ -408,7 +417,86 @@ pub(super) fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>) {
     tracing::debug!(dir = %shared.dir.display(), "embedded store writer stopped");
 }
 
-fn commit(shared: &Shared, requests: Vec<Request>, expired: &[i64]) {
+/// The writer's view of a storage failure: redb refuses every call after an I/O error until
+/// the database is reopened, so the writer reopens it (at most every `REOPEN`), and the store
+/// is healthy again after its next commit.
+#[derive(Default)]
+struct Recovery {
+    failing: bool,
+    next_try: Option<Instant>,
+}
+
+impl Recovery {
+    fn due(&self) -> bool {
+        self.next_try.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn failed(&mut self, shared: &Shared, e: &StoreError) {
+        if !self.failing {
+            tracing::error!(dir = %shared.dir.display(), error = %e, "embedded store: a commit failed; every call fails until the file is reopened");
+        }
+        self.failing = true;
+        shared.health.failing(e);
+    }
+
+    fn committed(&mut self, shared: &Shared) {
+        if self.failing {
+            tracing::info!(dir = %shared.dir.display(), "embedded store: commits work again");
+        }
+        *self = Self::default();
+        shared.health.ok();
+    }
+
+    /// Closes the database and opens it again, when due. The file holds every commit that
+    /// was acknowledged; one that failed may or may not be in it (as a write to etcd that
+    /// timed out), so the watchers resume from the history of the file as reopened.
+    fn reopen(&mut self, shared: &Shared) {
+        if !self.due() {
+            return;
+        }
+        self.next_try = Some(Instant::now() + REOPEN);
+        let mut guard = shared.db.write().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return; // closed
+        }
+        // NB: the old handle goes first: it holds the file's lock.
+        *guard = Some(super::Db::Broken("reopening".into()));
+        let reopened = super::open_rw(&shared.dir)
+            .map_err(|e| e.to_string())
+            .and_then(|db| super::load(&db).map(|loaded| (db, loaded)).map_err(|e| e.to_string()));
+        match reopened {
+            Ok((db, (revision, compacted, leases))) => {
+                *guard = Some(super::Db::Rw(db));
+                drop(guard);
+                let now = Instant::now();
+                {
+                    let mut live = shared.leases();
+                    for (id, ttl) in leases {
+                        live.entry(id).or_insert(LeaseState { ttl, deadline: now + ttl });
+                    }
+                }
+                let mut hub = shared.hub();
+                if revision != hub.revision {
+                    tracing::warn!(dir = %shared.dir.display(), revision, published = hub.revision, "embedded store: a failed commit reached the disk; watchers resume from the history");
+                    hub.resume_all();
+                }
+                hub.revision = revision;
+                hub.compacted = hub.compacted.max(compacted);
+                tracing::info!(dir = %shared.dir.display(), revision, "embedded store reopened");
+            }
+            Err(why) => {
+                tracing::warn!(dir = %shared.dir.display(), error = %why, "embedded store: reopening failed; trying again");
+                shared.health.failing(format!("reopening after a storage error: {why}"));
+                *guard = Some(super::Db::Broken(why));
+            }
+        }
+    }
+}
+
+fn commit(shared: &Shared, requests: Vec<Request>, expired: &[i64], recovery: &mut Recovery) {
+    if recovery.failing {
+        recovery.reopen(shared);
+    }
     let writes: Vec<&Write> = requests.iter().map(|r| &r.write).collect();
     let result = {
         let guard = shared.db.read().unwrap_or_else(|e| e.into_inner());
@@ -416,11 +504,13 @@ fn commit(shared: &Shared, requests: Vec<Request>, expired: &[i64]) {
             Some(super::Db::Rw(db)) => {
                 apply_batch(shared, db, &writes, expired).map_err(|e| shared.error("commit", e))
             }
+            Some(super::Db::Broken(why)) => Err(shared.broken("commit", why)),
             _ => Err(StoreError::Closed { store: shared.describe() }),
         }
     };
     match result {
         Ok(c) => {
+            recovery.committed(shared);
             if !expired.is_empty() {
                 tracing::debug!(dir = %shared.dir.display(), leases = ?expired, "leases expired");
             }
@@ -440,7 +530,9 @@ fn commit(shared: &Shared, requests: Vec<Request>, expired: &[i64]) {
             }
         }
         Err(e) => {
-            tracing::error!(dir = %shared.dir.display(), error = %e, "embedded store commit failed");
+            if !matches!(e, StoreError::Closed { .. }) {
+                recovery.failed(shared, &e);
+            }
             // NB: the expired leases were not revoked; they expire again on the next round.
             let now = Instant::now();
             let mut leases = shared.leases();
@@ -449,11 +541,11 @@ fn commit(shared: &Shared, requests: Vec<Request>, expired: &[i64]) {
             }
             drop(leases);
             for req in requests {
-                let _ = req.reply.send(Err(StoreError::Embedded {
-                    dir: shared.dir.clone(),
-                    op: "commit",
-                    reason: e.to_string(),
-                }));
+                let answer = match &e {
+                    StoreError::Embedded { reason, .. } => shared.error("commit", reason),
+                    _ => StoreError::Closed { store: shared.describe() },
+                };
+                let _ = req.reply.send(Err(answer));
             }
         }
     }

@@ -55,6 +55,12 @@ impl Hub {
         });
     }
 
+    /// Drops every live subscription: each watch task reads the history again from where it
+    /// stands (after the file was reopened with commits no watcher has seen).
+    pub fn resume_all(&mut self) {
+        self.subs.clear();
+    }
+
     pub fn close(&mut self) {
         self.closed = true;
         self.subs.clear();

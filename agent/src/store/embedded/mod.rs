@@ -28,6 +28,7 @@ use self::{
 };
 use super::{
     election,
+    health::HealthSignal,
     watch::{Backoff, WATCH_BUFFER},
     KeyValue, LeaderKey, LeaseId, Listing, Result, Revision, Store, StoreError, Txn, TxnResult,
     Watch, WatchEvent,
@@ -47,15 +48,39 @@ const OWNER: &str = "owner.pid";
 enum Db {
     Rw(redb::Database),
     Ro(ReadOnlyDatabase),
+    /// Closed after a storage error (redb refuses every call after an I/O error until it is
+    /// reopened) and not reopened yet: why.
+    Broken(String),
 }
 
-impl Db {
-    fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
-        match self {
-            Db::Rw(db) => db.begin_read(),
-            Db::Ro(db) => db.begin_read(),
+/// Opens (creating if needed) the database file for reading and writing.
+fn open_rw(dir: &Path) -> std::result::Result<redb::Database, redb::DatabaseError> {
+    redb::Builder::new().set_concurrency_mode(ConcurrencyMode::SingleWriter).create(dir.join(FILE))
+}
+
+/// What a database file holds on opening: its revision, its compacted revision and its
+/// persisted leases (id, TTL).
+type Loaded = (Revision, Revision, Vec<(i64, Duration)>);
+
+/// Makes every table exist (so readers never find one missing) and reads what it holds.
+fn load(db: &redb::Database) -> std::result::Result<Loaded, redb::Error> {
+    let txn = db.begin_write()?;
+    let loaded = {
+        txn.open_table(KV)?;
+        txn.open_table(LOG)?;
+        txn.open_multimap_table(LEASE_KEYS)?;
+        let meta = txn.open_table(META)?;
+        let revision = meta.get("revision")?.map_or(0, |g| g.value());
+        let compacted = meta.get("compacted")?.map_or(0, |g| g.value());
+        let mut leases = Vec::new();
+        for entry in txn.open_table(LEASES)?.iter()? {
+            let (id, ttl) = entry?;
+            leases.push((id.value(), Duration::from_millis(ttl.value())));
         }
-    }
+        (revision, compacted, leases)
+    };
+    txn.commit()?;
+    Ok(loaded)
 }
 
 /// What the handles and the writer thread share.
@@ -65,6 +90,8 @@ struct Shared {
     db: RwLock<Option<Db>>,
     hub: Mutex<Hub>,
     leases: Mutex<HashMap<i64, LeaseState>>,
+    /// Whether commits work (`/v1/health` reports it).
+    health: HealthSignal,
 }
 
 impl Shared {
@@ -113,9 +140,18 @@ impl Shared {
         f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, redb::Error>,
     ) -> Result<T> {
         let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let db = guard.as_ref().ok_or_else(|| StoreError::Closed { store: self.describe() })?;
-        let txn = db.begin_read().map_err(|e| self.error(op, e))?;
+        let txn = match guard.as_ref() {
+            None => return Err(StoreError::Closed { store: self.describe() }),
+            Some(Db::Rw(db)) => db.begin_read(),
+            Some(Db::Ro(db)) => db.begin_read(),
+            Some(Db::Broken(why)) => return Err(self.broken(op, why)),
+        };
+        let txn = txn.map_err(|e| self.error(op, e))?;
         f(&txn).map_err(|e| self.error(op, e))
+    }
+
+    fn broken(&self, op: &'static str, why: &str) -> StoreError {
+        self.error(op, format!("unavailable after a storage error, reopening: {why}"))
     }
 }
 
@@ -160,45 +196,26 @@ impl EmbeddedStore {
             reason: e.to_string(),
         };
         std::fs::create_dir_all(&dir).map_err(|e| err("creating the directory", &e))?;
-        let db = redb::Builder::new()
-            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
-            .create(dir.join(FILE))
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::InUse { holder: holder(&dir), dir: dir.clone() }
-                }
-                e => err("open", &e),
-            })?;
+        let db = open_rw(&dir).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse { holder: holder(&dir), dir: dir.clone() }
+            }
+            e => err("open", &e),
+        })?;
         let _ = std::fs::write(dir.join(OWNER), format!("{}\n", std::process::id()));
-        // NB: every table exists from the start, so readers never find one missing.
-        let (revision, compacted, leases) = (|| -> std::result::Result<_, redb::Error> {
-            let txn = db.begin_write()?;
-            let (revision, compacted, leases) = {
-                txn.open_table(KV)?;
-                txn.open_table(LOG)?;
-                txn.open_multimap_table(LEASE_KEYS)?;
-                let meta = txn.open_table(META)?;
-                let revision = meta.get("revision")?.map_or(0, |g| g.value());
-                let compacted = meta.get("compacted")?.map_or(0, |g| g.value());
-                let mut leases = HashMap::new();
-                let now = Instant::now();
-                for entry in txn.open_table(LEASES)?.iter()? {
-                    let (id, ttl) = entry?;
-                    let ttl = Duration::from_millis(ttl.value());
-                    leases.insert(id.value(), LeaseState { ttl, deadline: now + ttl });
-                }
-                (revision, compacted, leases)
-            };
-            txn.commit()?;
-            Ok((revision, compacted, leases))
-        })()
-        .map_err(|e| err("initialising", &e))?;
+        let (revision, compacted, persisted) = load(&db).map_err(|e| err("initialising", &e))?;
+        let now = Instant::now();
+        let leases: HashMap<i64, LeaseState> = persisted
+            .into_iter()
+            .map(|(id, ttl)| (id, LeaseState { ttl, deadline: now + ttl }))
+            .collect();
         tracing::debug!(dir = %dir.display(), revision, leases = leases.len(), "embedded store open");
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             db: RwLock::new(Some(Db::Rw(db))),
             hub: Mutex::new(Hub::new(revision, compacted)),
             leases: Mutex::new(leases),
+            health: HealthSignal::new(),
         });
         let (tx, rx) = std_mpsc::channel();
         let s = shared.clone();
@@ -243,6 +260,7 @@ impl EmbeddedStore {
             db: RwLock::new(Some(Db::Ro(db))),
             hub: Mutex::new(Hub::new(0, 0)),
             leases: Mutex::new(HashMap::new()),
+            health: HealthSignal::new(),
         });
         let revision = shared.read("open read-only", revision_of)?;
         shared.hub().revision = revision;
@@ -268,6 +286,12 @@ impl EmbeddedStore {
 
     pub fn is_read_only(&self) -> bool {
         self.inner.writer.is_none()
+    }
+
+    /// Whether commits work: unhealthy from a failed commit (a full or failing disk) until the
+    /// writer has reopened the file and committed again.
+    pub fn health(&self) -> HealthSignal {
+        self.inner.shared.health.clone()
     }
 
     /// Finishes pending writes, stops the writer and releases the file: another process (or

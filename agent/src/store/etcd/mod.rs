@@ -55,6 +55,8 @@ pub struct EtcdStore {
     endpoints: Arc<str>,
     timeout: Duration,
     health: Arc<health::Health>,
+    /// Whether calls get answers (`/v1/health`).
+    signal: crate::store::HealthSignal,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -134,7 +136,13 @@ impl EtcdStore {
             .map_err(|e| unreachable(e.to_string()))?;
         let health =
             Arc::new(health::Health::start(client.clone(), endpoints.clone(), shown.to_string()));
-        let store = Self { client: Arc::new(client), endpoints: shown.clone(), timeout, health };
+        let store = Self {
+            client: Arc::new(client),
+            endpoints: shown.clone(),
+            timeout,
+            health,
+            signal: crate::store::HealthSignal::new(),
+        };
         // NB: the first answer is waited for briefly: an unreachable cluster (every member
         // refusing) is reported in seconds, not after the full operation timeout.
         let probe = Self { timeout: timeout.min(PROBE), ..store.clone() };
@@ -147,6 +155,12 @@ impl EtcdStore {
             })),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether calls get answers: unhealthy after a call failed for want of the cluster (past
+    /// its retries), healthy again with the next answer.
+    pub fn health(&self) -> crate::store::HealthSignal {
+        self.signal.clone()
     }
 
     /// The underlying client, for what the trait does not cover.
@@ -173,7 +187,10 @@ impl EtcdStore {
                 tokio::time::timeout(attempt.min(left), f(Client::clone(&self.client))).await;
             let retry = Instant::now() + pause < deadline;
             match result {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => {
+                    self.signal.ok();
+                    return Ok(v);
+                }
                 Ok(Err(e)) if etcd_transient(&e) && retry => {
                     if e.to_string().contains("connect") {
                         self.health.suspect();
@@ -189,20 +206,26 @@ impl EtcdStore {
                     if let Some(limit) = refused_for_size(&source) {
                         return Err(self.limit(op, key, limit));
                     }
-                    return Err(StoreError::Etcd {
+                    let e = StoreError::Etcd {
                         endpoints: self.endpoints.to_string(),
                         op,
                         key: key.into(),
                         source,
-                    });
+                    };
+                    if e.is_transient() {
+                        self.signal.failing(&e);
+                    }
+                    return Err(e);
                 }
                 Err(_) => {
-                    return Err(StoreError::Timeout {
+                    let e = StoreError::Timeout {
                         endpoints: self.endpoints.to_string(),
                         op,
                         key: key.into(),
                         after: self.timeout,
-                    })
+                    };
+                    self.signal.failing(&e);
+                    return Err(e);
                 }
             }
         }

@@ -20,6 +20,8 @@ fn embedded_object_redirects_a_connect_in_its_cgroup_only() {
             .expect("the embedded object loads and attaches");
     dp.table
         .upsert(&ServiceSpec {
+            ejection: Default::default(),
+            end_tcp: false,
             name: "chain".into(),
             frontend: Frontend {
                 addr: "127.0.0.1:9999".parse().unwrap(),

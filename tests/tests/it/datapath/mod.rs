@@ -2,9 +2,11 @@
 //! the test's own network namespaces.
 mod balance;
 mod chain;
+mod health;
 mod redis;
 mod restart;
 mod scoped;
+mod stale;
 mod tcp;
 mod udp;
 mod update;

@@ -45,6 +45,8 @@ fn agent_restart_keeps_transfers_and_connects_going() {
     wait_for_pins(&t);
     let mut table = ServiceTable::open(&maps_dir(&t.bpf.path)).unwrap();
     let spec = ServiceSpec {
+        ejection: Default::default(),
+        end_tcp: false,
         name: "restart".into(),
         frontend: Frontend { addr: "127.0.0.1:7300".parse().unwrap(), proto: Proto::Tcp, netns: 0 },
         algo: Algo::RoundRobin,
@@ -73,9 +75,9 @@ fn agent_restart_keeps_transfers_and_connects_going() {
     let status = table.get(&spec.frontend).unwrap().expect("service survived");
     assert_eq!(status.backends.len(), 3);
     assert!(status.conns >= looped.ok);
-    // Exactly one set of links stays pinned.
+    // Exactly one set of links stays pinned: 9 cgroup programs and the 2 socket iterators.
     let links: Vec<_> = std::fs::read_dir(t.bpf.path.join("links")).unwrap().collect();
-    assert_eq!(links.len(), 9);
+    assert_eq!(links.len(), 11);
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -96,6 +98,8 @@ fn two_agents_on_one_kernel_do_not_see_each_other() {
     for (dp, backend) in [(&mut dp1, &one), (&mut dp2, &two)] {
         dp.table
             .upsert(&ServiceSpec {
+                ejection: Default::default(),
+                end_tcp: false,
                 name: backend.name.clone(),
                 frontend: Frontend {
                     addr: "127.0.0.1:7400".parse().unwrap(),
@@ -116,4 +120,29 @@ fn two_agents_on_one_kernel_do_not_see_each_other() {
     assert_eq!(dp1.table.list().unwrap()[0].conns, 20);
     assert_eq!(dp2.table.list().unwrap()[0].conns, 20);
     drop((dp2, bpf2, cg2));
+}
+
+#[test]
+fn pins_of_an_agent_without_the_newer_maps_keep_serving_after_an_upgrade() {
+    let mut t = Topo::new();
+    let b = t.tcp_backends(8000);
+    t.service("127.0.0.1:7310", Proto::Tcp, Algo::Random, &[b[0].addr]);
+    // What an agent from before socket storage, per-port counts and health left pinned.
+    drop(t.datapath.take());
+    let maps = maps_dir(&t.bpf.path);
+    use viking_common::maps::*;
+    for name in [SOCKS, PORTS, HEALTH_CONFIG, SERVICE_HEALTH, BACKEND_HEALTH, STALE, FLAGS, ENDED] {
+        std::fs::remove_file(maps.join(name)).unwrap();
+    }
+    for link in ["end_udp", "end_tcp"] {
+        std::fs::remove_file(t.bpf.path.join("links").join(link)).unwrap();
+    }
+    // The upgraded agent recounts what the new programs read before they attach: the
+    // service's port is known, its connects are redirected at once.
+    t.datapath = Some(viking::datapath::Datapath::start(&t.config()).unwrap());
+    let conns = t.probe(&["tcp", "127.0.0.1:7310", "20"]);
+    assert!(conns.iter().all(|c| c.backend() == Some("b1")), "{conns:?}");
+    let status = t.table().list().unwrap();
+    assert_eq!(status[0].conns, 20);
+    assert_eq!(status[0].backends[0].active, 0, "closed connections are uncounted");
 }

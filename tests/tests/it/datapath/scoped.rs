@@ -28,6 +28,8 @@ fn a_netns_scoped_service_wins_in_its_namespace_only_and_survives_a_restart() {
     let b = t.tcp_backends(8000);
     let cookie = netns_cookie(&t.client.path()).expect("netns cookie");
     let scoped = ServiceSpec {
+        ejection: Default::default(),
+        end_tcp: false,
         name: "scoped".into(),
         frontend: Frontend { addr: AMBASSADOR.parse().unwrap(), proto: Proto::Tcp, netns: cookie },
         algo: Algo::Random,

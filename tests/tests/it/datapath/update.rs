@@ -68,6 +68,8 @@ fn fake_backends(a: u8, b: u8, n: usize) -> Vec<SocketAddr> {
 
 fn spec(name: &str, frontend: &str, backends: Vec<SocketAddr>) -> ServiceSpec {
     ServiceSpec {
+        ejection: Default::default(),
+        end_tcp: false,
         name: name.to_owned(),
         frontend: Frontend {
             addr: frontend.parse().expect("frontend"),
