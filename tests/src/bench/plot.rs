@@ -400,7 +400,7 @@ pub fn vpc(r: &VpcReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         filters.iter().map(|(n, f)| ((*n).to_owned(), pick(f))).collect()
     };
     let syn = |f: &super::vpc::FilterResult| f.syn.as_ref().map_or(0.0, |s| s.cpu_ms_per_million);
-    let charts: [(&str, &str, Vec<(String, f64)>); 4] = [
+    let charts = [
         ("throughput, 1 stream", "Gbit/s", bars(|f| f.throughput_1_stream_gbps)),
         ("throughput, 4 streams", "Gbit/s", bars(|f| f.throughput_4_streams_gbps)),
         ("CPU per GB, 4 streams", "ms per GB", bars(|f| f.cpu_ms_per_gb_4_streams)),
