@@ -16,6 +16,9 @@ fn main() -> anyhow::Result<()> {
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         fs::write(&object, b"").with_context(|| format!("writing stub {}", object.display()))?;
+        // The VPC filter's object (ebpf/src/vpc/), also a stub.
+        let vpc = out_dir.join("viking-vpc");
+        fs::write(&vpc, b"").with_context(|| format!("writing stub {}", vpc.display()))?;
         return Ok(());
     }
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;

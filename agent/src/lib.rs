@@ -13,3 +13,4 @@ pub mod overlay;
 pub mod runtime;
 pub mod stack;
 pub mod store;
+pub mod vpc;

@@ -140,6 +140,13 @@ enum Command {
         /// and routed there.
         #[arg(long)]
         host_netns: Option<PathBuf>,
+        /// The VPC policy folder (docs/vpc-rules.md): filter inbound traffic as its files say,
+        /// reloaded when they change. Without it the host has no filter.
+        #[arg(long, env = "VIKING_VPC_RULES")]
+        vpc_rules: Option<PathBuf>,
+        /// How the VPC filter attaches: TCX where the kernel has it (auto), or a clsact qdisc.
+        #[arg(long, value_enum, default_value_t = viking::vpc::AttachMode::Auto)]
+        vpc_attach: viking::vpc::AttachMode,
     },
     /// Deploy a stack (a stack file, or a folder holding one).
     Deploy {
@@ -259,6 +266,36 @@ enum Command {
     /// Program the datapath by hand (operators, debugging); the agent does this from the store.
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// The VPC host filter: check policy files, see what is in force, reload.
+    #[command(subcommand)]
+    Vpc(VpcCmd),
+}
+
+#[derive(Subcommand)]
+enum VpcCmd {
+    /// Validate policy files (errors name the file, line and field; exit 1 on any).
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Show what applies on a host with these tags.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// The policy in force on this host, each rule's counters, the member set.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Read the policy folder now; --force applies it even if it would shut out a connection
+    /// established now (the lockout guard).
+    Reload {
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -335,6 +372,8 @@ async fn main() -> anyhow::Result<()> {
             overlay_port,
             overlay_vni,
             overlay_pool,
+            vpc_rules,
+            vpc_attach,
         } => {
             if cleanup {
                 return cli::agent::cleanup(&node.bpffs());
@@ -361,6 +400,8 @@ async fn main() -> anyhow::Result<()> {
                 docker_socket,
                 drain,
                 host_netns,
+                vpc_rules,
+                vpc_attach,
                 datapath: DatapathConfig { cgroup, bpffs: node.bpffs() },
                 store: store.store.clone(),
                 etcd: store.etcd(),
@@ -428,6 +469,14 @@ async fn main() -> anyhow::Result<()> {
         }) => cli::services::add(&node.bpffs(), name, frontend, proto, algo, backends, health),
         Command::Service(ServiceCmd::Rm { node, frontend, proto }) => {
             cli::services::remove(&node.bpffs(), frontend, proto)
+        }
+        Command::Vpc(VpcCmd::Check { files, tags }) => {
+            let ok = cli::vpc::check(&files, &tags)?;
+            std::process::exit(if ok { 0 } else { 1 })
+        }
+        Command::Vpc(VpcCmd::Status { json, api }) => cli::vpc::status(&api.client()?, json).await,
+        Command::Vpc(VpcCmd::Reload { force, api }) => {
+            cli::vpc::reload(&api.client()?, force).await
         }
     }
 }

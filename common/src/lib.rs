@@ -264,3 +264,6 @@ mod tests {
         assert!(!is_v4_mapped(&[0, 0, 0, 1]));
     }
 }
+
+/// The VPC host filter's maps (a separate object, `viking-vpc`).
+pub mod vpc;

@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod guards;
 pub mod probe;
 pub mod topo;
+pub mod vpc;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -32,8 +32,17 @@ pub fn ebpf_object() -> anyhow::Result<PathBuf> {
             out_dir = msg["out_dir"].as_str().map(PathBuf::from);
         }
     }
-    let src =
-        out_dir.context("cargo did not report the agent's build-script OUT_DIR")?.join("viking");
+    let out_dir = out_dir.context("cargo did not report the agent's build-script OUT_DIR")?;
+    // The VPC filter's object beside it (target/bpf/viking-vpc.bpf.o).
+    let vpc = out_dir.join("viking-vpc");
+    if vpc.exists() {
+        let dst = object_path().with_file_name("viking-vpc.bpf.o");
+        if let Some(dir) = dst.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::copy(&vpc, &dst).with_context(|| format!("copying to {}", dst.display()))?;
+    }
+    let src = out_dir.join("viking");
     let bytes = std::fs::metadata(&src).with_context(|| format!("{}", src.display()))?.len();
     if bytes == 0 {
         bail!("{} is the empty stub (AYA_BUILD_SKIP set?)", src.display());

@@ -27,6 +27,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "socat",
     "iproute2",
     "iptables",
+    // The VPC benchmark's baseline: the nftables ruleset a user would write instead.
+    "nftables",
     "bpftool",
     // The etcd TLS test makes its certificates with the openssl CLI.
     "openssl",

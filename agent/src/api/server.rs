@@ -100,6 +100,12 @@ async fn json_errors(res: Response) -> Response {
     out
 }
 
+/// Routes that answer for this node itself (never forwarded to the leader), behind the same
+/// token: the host's VPC filter.
+pub fn local<S: Store>(state: Shared<S>, routes: Router) -> Router {
+    routes.layer(middleware::from_fn_with_state(state, auth::<S>))
+}
+
 /// An error answer: a status and a message for a person.
 pub struct ApiError(pub StatusCode, pub String);
 

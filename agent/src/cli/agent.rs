@@ -43,6 +43,9 @@ pub struct AgentConfig {
     pub drain: bool,
     /// The host's network namespace, when the agent runs outside it.
     pub host_netns: Option<PathBuf>,
+    /// The VPC policy folder (`--vpc-rules`); `None`: no filter.
+    pub vpc_rules: Option<PathBuf>,
+    pub vpc_attach: viking::vpc::AttachMode,
     /// The API's TLS certificate and key (`--api-cert`, `--api-key`).
     pub api_tls: Option<(PathBuf, PathBuf)>,
     /// The CA other agents' API certificates are verified with (forwarding to the leader).
@@ -190,6 +193,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let me = LeaderInfo { node: cfg.node.clone(), api: advertised.to_string(), tls: tls.is_some() };
     let (leading, leader_key) = elect(store.clone(), me);
 
+    let (stop_tx, stop) = watch::channel(false);
+    let vpc = start_vpc(&cfg, &store, address, stop.clone()).await;
+
     let runtime = open_runtime(&cfg, &store, address, prepared.mtu)?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
     let state = Arc::new(ApiState {
@@ -210,7 +216,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     });
     let listener = std::net::TcpListener::bind(cfg.api)
         .with_context(|| format!("binding the API to {}", cfg.api))?;
-    let server = tokio::spawn(api::serve::serve(listener, api::server::router(state), tls));
+    let app = api::server::router(state.clone())
+        .merge(api::server::local(state, viking::vpc::api::router(vpc)));
+    let server = tokio::spawn(api::serve::serve(listener, app, tls));
     tracing::info!(
         node = %cfg.node,
         api = %cfg.api,
@@ -219,7 +227,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         "agent running"
     );
 
-    let (stop_tx, stop) = watch::channel(false);
     let (containers_tx, containers) = watch::channel(discovery::embassy::Containers::new());
     let placer = Placer::new(
         store.clone(),
@@ -276,6 +283,37 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The VPC filter, when `--vpc-rules` is given; without it, an earlier agent's filter is taken
+/// off the host.
+async fn start_vpc<S: Store>(
+    cfg: &AgentConfig,
+    store: &S,
+    address: IpAddr,
+    stop: watch::Receiver<bool>,
+) -> Option<viking::vpc::VpcHandle> {
+    let state_dir = cfg.run_dir.join("vpc");
+    let Some(rules_dir) = cfg.vpc_rules.clone() else {
+        let bpffs = cfg.datapath.bpffs.clone();
+        match viking::vpc::remove_if_present(bpffs, cfg.host_netns.clone(), state_dir).await {
+            Ok(true) => tracing::info!("VPC filter removed: the agent runs without --vpc-rules"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "removing the VPC filter of an earlier agent"),
+        }
+        return None;
+    };
+    let settings = viking::vpc::VpcSettings {
+        rules_dir,
+        overlay_port: cfg.overlay.port,
+        attach: cfg.vpc_attach,
+        host_netns: cfg.host_netns.clone(),
+        bpffs: cfg.datapath.bpffs.clone(),
+        state_dir,
+        tags: cfg.tags.clone(),
+        address,
+    };
+    Some(viking::vpc::start(settings, store.clone(), stop).await)
+}
+
 /// Campaigns for leadership for as long as the agent runs; the receivers say whether this
 /// node leads right now, and with which leader key (what its writes are fenced by).
 fn elect<S: Store>(
@@ -309,6 +347,9 @@ fn elect<S: Store>(
 }
 
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<()> {
+    // NB: before the pins go: clsact filters of the VPC are found by name (TCX links go with
+    // their pins).
+    viking::vpc::attach::remove(&viking::vpc::attach::Dirs::new(bpffs))?;
     Datapath::remove(bpffs)?;
     tracing::info!(bpffs = %bpffs.display(), "datapath removed");
     Ok(())

@@ -12,3 +12,4 @@ pub mod status;
 pub mod store_args;
 pub mod table;
 pub mod tls_args;
+pub mod vpc;

@@ -19,6 +19,7 @@ use rtnetlink::{
 
 pub mod fdb;
 pub mod instance;
+pub mod links;
 pub mod neigh;
 pub mod routes;
 pub mod vxlan;

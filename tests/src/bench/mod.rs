@@ -22,6 +22,7 @@ pub mod overlay;
 pub mod plot;
 pub mod report;
 pub mod server;
+pub mod vpc;
 pub mod world;
 
 use std::{

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use plotters::{coord::Shift, prelude::*};
 
-use super::{discovery::DiscoveryReport, failover::Death, report::Report};
+use super::{discovery::DiscoveryReport, failover::Death, report::Report, vpc::VpcReport};
 
 const W: u32 = 960;
 const H: u32 = 420;
@@ -21,6 +21,9 @@ fn color(path: &str) -> RGBColor {
         "iptables DNAT" => RGBColor(214, 39, 40),
         "haproxy" => RGBColor(44, 160, 44),
         "viking, no ejection" => RGBColor(255, 127, 14),
+        "none" => RGBColor(90, 90, 90),
+        "vpc" => RGBColor(31, 119, 180),
+        "nftables" => RGBColor(214, 39, 40),
         _ => RGBColor(148, 103, 189),
     }
 }
@@ -42,6 +45,7 @@ pub fn from_json(file: &Path, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         Some("discovery") => {
             discovery(&serde_json::from_value(v).context("a discovery report")?, dir)
         }
+        Some("vpc") => vpc(&serde_json::from_value(v).context("a vpc report")?, dir),
         other => anyhow::bail!("{}: not a benchmark report ({other:?})", file.display()),
     }
 }
@@ -382,4 +386,35 @@ pub fn discovery(r: &DiscoveryReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>
     root.present().map_err(err)?;
     drop(root);
     Ok(vec![dir.join("discovery-latency.svg")])
+}
+
+/// The VPC benchmark: throughput, CPU per GB and the SYN burst's CPU, per receiver.
+pub fn vpc(r: &VpcReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("vpc.svg");
+    let root = SVGBackend::new(&file, (W + 320, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((1, 4));
+    let filters = [("none", &r.none), ("vpc", &r.vpc), ("nftables", &r.nftables)];
+    let bars = |pick: fn(&super::vpc::FilterResult) -> f64| -> Vec<(String, f64)> {
+        filters.iter().map(|(n, f)| ((*n).to_owned(), pick(f))).collect()
+    };
+    let syn = |f: &super::vpc::FilterResult| f.syn.as_ref().map_or(0.0, |s| s.cpu_ms_per_million);
+    let charts = [
+        ("throughput, 1 stream", "Gbit/s", bars(|f| f.throughput_1_stream_gbps)),
+        ("throughput, 4 streams", "Gbit/s", bars(|f| f.throughput_4_streams_gbps)),
+        ("CPU per GB, 4 streams", "ms per GB", bars(|f| f.cpu_ms_per_gb_4_streams)),
+        ("SYN burst (outsider)", "CPU ms per million SYNs", bars(syn)),
+    ];
+    for (area, (title, unit, bars)) in panels.iter().zip(charts) {
+        bar_panel(area, title, unit, &bars, |v| {
+            if unit == "Gbit/s" {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.0}")
+            }
+        })?;
+    }
+    root.present().map_err(err)?;
+    Ok(vec![file.clone()])
 }

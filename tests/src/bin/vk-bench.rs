@@ -5,6 +5,8 @@
 //!   vk-bench agent [--json FILE] [--quick]      a real agent: memory, cold start (bench::agent)
 //!   vk-bench overlay [--json FILE] [--quick]    overlay vs underlay (bench::overlay)
 //!   vk-bench plot FILE.json DIR                  draw a saved run's charts (SVG) again
+//!   vk-bench vpc [--json FILE] [--quick]        the VPC filter against none and nftables
+//!   vk-bench synburst SRC DST PORT COUNT         raw TCP SYNs (bench::vpc's outsider)
 //!   vk-bench cps ADDR SECS THREADS               connection loop; prints one JSON line
 //!   vk-bench latency ADDR SAMPLES                connect() timings; prints one JSON line
 //!   vk-bench failover ADDR SECS THREADS TIMEOUT_MS   connects while a backend dies
@@ -22,6 +24,8 @@ const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--svg DIR] [--quick
        vk-bench agent [--json FILE] [--quick]
        vk-bench overlay [--json FILE] [--quick]
        vk-bench plot FILE.json DIR
+       vk-bench vpc [--json FILE] [--quick]
+       vk-bench synburst SRC DST PORT COUNT
        vk-bench cps ADDR SECS THREADS
        vk-bench latency ADDR SAMPLES
        vk-bench failover ADDR SECS THREADS TIMEOUT_MS
@@ -42,7 +46,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         args.get(i).map(String::as_str).with_context(|| format!("missing {what}\n{USAGE}"))
     };
     match args.first().map(String::as_str) {
-        Some(which @ ("datapath" | "discovery" | "agent" | "overlay")) => {
+        Some(which @ ("datapath" | "discovery" | "agent" | "overlay" | "vpc")) => {
             let mut opts = bench::Options::default();
             let mut rest = args[1..].iter();
             while let Some(a) = rest.next() {
@@ -61,6 +65,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                 "datapath" => bench::run(&opts),
                 "agent" => bench::agent::run(&opts),
                 "overlay" => bench::overlay::run(&opts),
+                "vpc" => bench::vpc::run(&opts),
                 _ => bench::discovery::run(&opts),
             }
         }
@@ -79,6 +84,13 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             let ms: u64 = arg(4, "TIMEOUT_MS")?.parse().context("TIMEOUT_MS")?;
             let timeout = std::time::Duration::from_millis(ms);
             print_json(&bench::failover::client(addr, secs, threads, timeout))
+        }
+        Some("synburst") => {
+            let src = arg(1, "SRC")?.parse().context("SRC")?;
+            let dst = arg(2, "DST")?.parse().context("DST")?;
+            let port: u16 = arg(3, "PORT")?.parse().context("PORT")?;
+            let count: u64 = arg(4, "COUNT")?.parse().context("COUNT")?;
+            print_json(&bench::vpc::syn_burst(src, dst, port, count)?)
         }
         Some("cps") => {
             let addr: SocketAddr = arg(1, "ADDR")?.parse().context("ADDR")?;

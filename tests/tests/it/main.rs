@@ -14,3 +14,4 @@ mod robust;
 mod runtime_docker;
 mod stacks;
 mod store;
+mod vpc;
