@@ -14,6 +14,8 @@ pub enum ClusterError {
         "no ambassador port left in {range} ({used} in use); release services or widen the range"
     )]
     PortsExhausted { range: String, used: usize },
+    #[error("no virtual IP left in {range} ({used} in use); remove stacks or widen the range")]
+    VipsExhausted { range: String, used: usize },
     #[error("no free /{prefix} left in the address pool {pool} for stack {stack}")]
     PoolExhausted { pool: String, prefix: u8, stack: String },
     #[error("stack {stack} needs {needed} addresses but the pool {pool} holds fewer")]

@@ -8,12 +8,14 @@
 //! - `membership`: hosts register under a lease; watchers see joins and leaves
 //! - `leader`: election at /viking/leader; the leader knows when it stops leading
 //! - `retry`: how compare-and-swap loops retry
+//! - `vips`: a virtual IP per deployed job (seed 001 "dns-search", docs/names.md)
 pub mod addresses;
 mod error;
 pub mod leader;
 pub mod membership;
 pub mod ports;
 pub(crate) mod retry;
+pub mod vips;
 
 pub use addresses::{Addresses, DEFAULT_POOL};
 pub use error::ClusterError;

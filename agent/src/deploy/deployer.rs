@@ -12,7 +12,11 @@ use super::{
     plans::Plans,
 };
 use crate::{
-    cluster::{ports::PortTable, ClusterError, PortRange},
+    cluster::{
+        ports::PortTable,
+        vips::{self, VipTable},
+        ClusterError, PortRange,
+    },
     stack::{plan::Plan, Job, Stack, StackError},
     store::{bulk, keys, Compare, Store, StoreError},
 };
@@ -61,7 +65,7 @@ pub struct Deployer<S: Store> {
 
 impl<S: Store> Deployer<S> {
     pub fn new(store: S, range: PortRange, ambassador: IpAddr) -> Self {
-        Self { store, planner: Planner { ambassador, range } }
+        Self { store, planner: Planner { ambassador, range, vips: vips::default_range() } }
     }
 
     /// What is deployed, after finishing any bulk write still pending (a writer that died).
@@ -75,6 +79,7 @@ impl<S: Store> Deployer<S> {
         let records = DeployedJobs::read(&self.store).await?;
         let plans = Plans::read(&self.store).await?;
         let ports = PortTable::read(&self.store.list(keys::PORTS).await?.kvs)?;
+        let vips = VipTable::read(&self.store.list(vips::PREFIX).await?.kvs)?;
         let contexts = super::context::stored(&self.store.list(super::context::PREFIX).await?.kvs);
         // NB: hosts that do not say their runtime (older agents) leave it unknown.
         let hosts = crate::cluster::membership::hosts(&self.store).await.unwrap_or_default();
@@ -83,7 +88,7 @@ impl<S: Store> Deployer<S> {
         } else {
             Some(hosts.iter().any(|h| h.info.runtime.as_deref() == Some("docker")))
         };
-        Ok(DeployState { records, plans, ports, contexts, docker })
+        Ok(DeployState { records, plans, ports, vips, contexts, docker })
     }
 
     /// Decides `change` against what is deployed and commits it; again on a lost race.

@@ -12,6 +12,8 @@ use std::{
     net::IpAddr,
 };
 
+use ipnetwork::Ipv4Network;
+
 use super::{
     context,
     folder::{job_key, record_value, stack_prefix, DeployedJobs, JobRecord},
@@ -21,6 +23,7 @@ use super::{
 use crate::{
     cluster::{
         ports::{self, PortAllocation, PortKey, PortTable},
+        vips::{self, Vip, VipTable},
         PortRange,
     },
     datapath::Algo,
@@ -38,6 +41,8 @@ pub struct DeployState {
     pub records: DeployedJobs,
     pub plans: Plans,
     pub ports: PortTable,
+    /// Every job's virtual IP.
+    pub vips: VipTable,
     /// The `build:` contexts stored, by hash.
     pub contexts: BTreeSet<String>,
     /// Whether a host of the cluster runs docker (`None`: not known).
@@ -68,6 +73,8 @@ pub struct Decision {
     pub plans: BTreeMap<(String, String), JobPlan>,
     /// Every ambassador port allocation after the change.
     pub allocations: Vec<PortAllocation>,
+    /// Every job's virtual IP after the change.
+    pub vips: Vec<Vip>,
     /// Plans written (new or changed) and removed.
     pub written: usize,
     pub removed: usize,
@@ -77,6 +84,8 @@ pub struct Planner {
     /// The address link env vars point containers at.
     pub ambassador: IpAddr,
     pub range: PortRange,
+    /// Where jobs' virtual IPs come from.
+    pub vips: Ipv4Network,
 }
 
 type Id = (String, String);
@@ -307,11 +316,35 @@ impl Planner {
             context_ops.extend(context::delete_ops(hash));
         }
         record_ops.extend(context_ops);
+        // Every job has a VIP; a record that does not parse keeps the one it had.
+        let mut wanted_vips: BTreeMap<Id, vips::Wanted> = jobs
+            .iter()
+            .map(|(id, j)| {
+                let w =
+                    vips::Wanted { ports: j.ports.clone(), balance: j.balance.unwrap_or_default() };
+                (id.clone(), w)
+            })
+            .collect();
+        for id in invalid.keys() {
+            if let Some(v) = state.vips.vips.get(id) {
+                wanted_vips.insert(
+                    id.clone(),
+                    vips::Wanted { ports: v.ports.clone(), balance: v.balance },
+                );
+            }
+        }
+        decision.vips = vips::assign(self.vips, &state.vips, &wanted_vips)?;
+        let vip_ops = vips::ops(&state.vips, &decision.vips);
         let port_ops = ports::ops(&state.ports, &decision.allocations, next);
         // NB: the counter's put is in every write (writers serialize on it), but alone it
         // changes nothing.
-        if !record_ops.is_empty() || !plan_ops.is_empty() || port_ops.len() > 1 {
-            decision.ops = record_ops.into_iter().chain(plan_ops).chain(port_ops).collect();
+        if !record_ops.is_empty()
+            || !plan_ops.is_empty()
+            || port_ops.len() > 1
+            || !vip_ops.is_empty()
+        {
+            decision.ops =
+                record_ops.into_iter().chain(plan_ops).chain(port_ops).chain(vip_ops).collect();
         }
         decision.plans = plans;
         Ok(decision)
@@ -582,6 +615,7 @@ mod tests {
                 records: DeployedJobs::from_kvs(&self.kvs(keys::DEPLOY), 1),
                 plans: Plans::from_kvs(&self.kvs(keys::PLANS), 1),
                 ports: PortTable::read(&self.kvs(keys::PORTS)).unwrap(),
+                vips: VipTable::read(&self.kvs(vips::PREFIX)).unwrap(),
                 contexts: crate::deploy::context::stored(&self.kvs(crate::deploy::context::PREFIX)),
                 docker: None,
             }
@@ -627,6 +661,7 @@ mod tests {
         Planner {
             ambassador: "127.0.0.1".parse().unwrap(),
             range: PortRange { first: 20000, last: 20099 },
+            vips: "10.96.0.0/24".parse().unwrap(),
         }
     }
 
@@ -680,6 +715,38 @@ mod tests {
         // web goes: nothing uses the ports any more.
         m.change(&Change::Remove { stack: "web", force: false }).unwrap();
         assert!(m.ports().is_empty(), "released with their owner: {:?}", m.ports());
+    }
+
+    #[test]
+    fn every_job_gets_a_vip_kept_across_redeploys_and_released_with_its_stack() {
+        let mut m = Mem::default();
+        let fig = "pricing:\n  ports: [80, 53/udp]\nweb:\n  command: x\n";
+        m.deploy("abc", fig).unwrap();
+        m.deploy("xyz", fig).unwrap();
+        let vips = |m: &Mem| m.state().vips.vips;
+        let before = vips(&m);
+        assert_eq!(before.len(), 4);
+        let ips: BTreeSet<_> = before.values().map(|v| v.ip).collect();
+        assert_eq!(ips.len(), 4, "one address per job: {before:?}");
+        let p = &before[&("abc".to_owned(), "pricing".to_owned())];
+        assert_eq!(
+            p.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["80/tcp", "53/udp"]
+        );
+        // A redeploy with another port keeps the address and updates the ports.
+        m.deploy("abc", "pricing:\n  ports: [8080]\nweb:\n  command: x\n").unwrap();
+        let after = vips(&m);
+        assert_eq!(after[&("abc".to_owned(), "pricing".to_owned())].ip, p.ip);
+        assert_eq!(after[&("abc".to_owned(), "pricing".to_owned())].ports[0].port, 8080);
+        // Unchanged: nothing written.
+        assert!(m.deploy("xyz", fig).unwrap().ops.is_empty());
+        m.change(&Change::Remove { stack: "xyz", force: false }).unwrap();
+        let left = vips(&m);
+        assert!(left.keys().all(|(s, _)| s == "abc"), "{left:?}");
+        assert_eq!(
+            left[&("abc".to_owned(), "web".to_owned())].ip,
+            before[&("abc".to_owned(), "web".to_owned())].ip
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod deploy;
 mod discovery;
 mod docker_agent;
 mod embassy;
+mod names;
 mod ops;
 mod overlay;
 mod robust;
