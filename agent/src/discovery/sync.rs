@@ -7,9 +7,13 @@
 //!   a service at `127.0.0.1:port` in that container's network namespace only, whose backends
 //!   are the registrations the descriptor matches.
 //!
+//! - every job's virtual IP (`/viking/alloc/vips/<stack>/<job>`, `cluster::vips`) becomes a
+//!   service at `VIP:port` (every network namespace) for each of the job's own ports, whose
+//!   backends are the registrations of that job's port (docs/names.md).
+//!
 //! The loop owns the table's entries on the ambassador address (netns 0) with a port in the
-//! allocator's range, and every netns-scoped entry on 127.0.0.1: it adds, replaces and removes
-//! them. Other entries (`viking service add` on any other address or port) are left alone.
+//! allocator's range, the entries on an address of the VIP range (netns 0), and every
+//! netns-scoped entry on 127.0.0.1: it adds, replaces and removes them. Other entries (`viking service add` on any other address or port) are left alone.
 //!
 //! It programs only what changed: it remembers what it last applied and, after each batch of
 //! changes, upserts the services whose spec differs and removes the ones no longer wanted (one
@@ -29,7 +33,7 @@ use super::{
     registration::{Endpoint, PREFIX as SERVICES},
 };
 use crate::{
-    cluster::{ports::PortAllocation, PortRange},
+    cluster::{ports::PortAllocation, vips, vips::Vip, PortRange},
     datapath::{Algo, Datapath, Frontend, Proto, ServiceSpec, ServiceTable, GRACE},
     store::{keys, KeyValue, Store, WatchEvent},
 };
@@ -82,6 +86,38 @@ pub fn desired(
     out
 }
 
+/// The services of a job's virtual IP: `ip:port` for each of the job's ports, balanced as the
+/// job says, whose backends are the registrations of that port (with that protocol, or none
+/// said).
+pub fn vip_desired(vip: &Vip, endpoints: &Endpoints) -> Vec<ServiceSpec> {
+    let service = crate::stack::service_name(&vip.stack, &vip.job);
+    vip.ports
+        .iter()
+        .map(|p| {
+            let backends = limit::order(
+                endpoints
+                    .of_service(&service)
+                    .filter(|e| e.key.port == p.port)
+                    .filter(|e| e.record.proto.unwrap_or(p.proto) == p.proto)
+                    .map(|e| (e.addr(), endpoints.revision(&e.key.to_key())))
+                    .filter(|(b, _)| b.is_ipv4()),
+            );
+            ServiceSpec {
+                ejection: Default::default(),
+                end_tcp: false,
+                name: fit_name(&format!("{service}:{}@vip", p.port)),
+                frontend: Frontend {
+                    addr: SocketAddr::new(IpAddr::V4(vip.ip), p.port),
+                    proto: p.proto,
+                    netns: 0,
+                },
+                algo: vip.balance,
+                backends,
+            }
+        })
+        .collect()
+}
+
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -100,6 +136,8 @@ pub struct Programmer {
     ambassador: IpAddr,
     range: PortRange,
     applied: BTreeMap<Frontend, ServiceSpec>,
+    /// The VIP range: entries on its addresses (netns 0) are the loop's.
+    vips: Option<ipnetwork::Ipv4Network>,
     /// The services at the per-service backend limit, and how many backends each leaves out.
     over_limit: BTreeMap<Frontend, usize>,
     full: bool,
@@ -112,9 +150,16 @@ impl Programmer {
             ambassador,
             range,
             applied: BTreeMap::new(),
+            vips: None,
             over_limit: BTreeMap::new(),
             full: true,
         }
+    }
+
+    /// Owns the entries on addresses of the VIP range too.
+    pub fn with_vips(mut self, range: ipnetwork::Ipv4Network) -> Self {
+        self.vips = Some(range);
+        self
     }
 
     /// The services at the per-service backend limit and how many backends each leaves out
@@ -151,7 +196,9 @@ impl Programmer {
         let ambassador_port =
             f.netns == 0 && f.addr.ip() == self.ambassador && self.range.contains(f.addr.port());
         let embassy = f.netns != 0 && is_embassy_addr(f.addr.ip());
-        ambassador_port || embassy
+        let vip = f.netns == 0
+            && matches!((f.addr.ip(), self.vips), (IpAddr::V4(ip), Some(r)) if r.contains(ip));
+        ambassador_port || embassy || vip
     }
 
     /// Makes the next pass a full reconcile against the table.
@@ -294,9 +341,11 @@ struct Dirty {
 #[derive(Default)]
 struct View {
     allocations: BTreeMap<String, PortAllocation>,
+    /// Jobs' virtual IPs, by service name (`<stack>_<job>`).
+    vips: BTreeMap<String, Vip>,
     endpoints: Endpoints,
     dirty: Dirty,
-    /// The ambassador-port services last wanted, by service name.
+    /// The ambassador-port and VIP services last wanted, by service name.
     ambassador: BTreeMap<String, Vec<ServiceSpec>>,
     /// The netns-scoped services last wanted.
     embassy: Vec<ServiceSpec>,
@@ -371,6 +420,48 @@ impl View {
         false
     }
 
+    fn put_vip(&mut self, kv: &KeyValue) {
+        match Vip::parse(kv) {
+            Ok(v) => {
+                let service = crate::stack::service_name(&v.stack, &v.job);
+                self.dirty.services.insert(service.clone());
+                self.vips.insert(service, v);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a VIP record");
+                self.delete_vip(&kv.key);
+            }
+        }
+    }
+
+    fn delete_vip(&mut self, key: &str) {
+        let Some((stack, job)) = key.strip_prefix(vips::PREFIX).and_then(|r| r.split_once('/'))
+        else {
+            return;
+        };
+        let service = crate::stack::service_name(stack, job);
+        if self.vips.remove(&service).is_some() {
+            self.dirty.services.insert(service);
+        }
+    }
+
+    /// Applies a watch event under `/viking/alloc/vips/`; whether it was a resync.
+    fn vip_event(&mut self, ev: WatchEvent) -> bool {
+        match ev {
+            WatchEvent::Put(kv) => self.put_vip(&kv),
+            WatchEvent::Delete { key, .. } => self.delete_vip(&key),
+            WatchEvent::Resync { kvs, .. } => {
+                self.vips.clear();
+                for kv in &kvs {
+                    self.put_vip(kv);
+                }
+                self.dirty.all = true;
+                return true;
+            }
+        }
+        false
+    }
+
     /// Applies a watch event under `/services/`; whether it was a resync.
     fn registration_event(&mut self, ev: WatchEvent) -> bool {
         match ev {
@@ -404,7 +495,11 @@ impl View {
             .filter(|a| a.service == service)
             .cloned()
             .collect();
-        desired(&allocations, &self.endpoints, ambassador)
+        let mut specs = desired(&allocations, &self.endpoints, ambassador);
+        if let Some(v) = self.vips.get(service) {
+            specs.extend(vip_desired(v, &self.endpoints));
+        }
+        specs
     }
 
     /// One programming pass over what changed (everything, when the programmer or the view
@@ -424,9 +519,19 @@ impl View {
             for a in self.allocations.values() {
                 by_service.entry(a.service.as_str()).or_default().push(a.clone());
             }
+            for s in self.vips.keys() {
+                by_service.entry(s.as_str()).or_default();
+            }
             let wanted: BTreeMap<String, Vec<ServiceSpec>> = by_service
                 .into_iter()
-                .map(|(s, a)| (s.to_owned(), desired(&a, &self.endpoints, ambassador)))
+                .map(|(s, a)| {
+                    let mut specs = desired(&a, &self.endpoints, ambassador);
+                    if let Some(v) = self.vips.get(s) {
+                        specs.extend(vip_desired(v, &self.endpoints));
+                    }
+                    (s.to_owned(), specs)
+                })
+                .filter(|(_, specs)| !specs.is_empty())
                 .collect();
             self.ambassador = wanted;
             let (scoped, problems) = embassy::desired(containers, &self.endpoints, algo);
@@ -486,14 +591,17 @@ pub async fn run_reporting<S: Store>(
 ) -> Result<Datapath, crate::store::StoreError> {
     let allocs = store.list(keys::PORTS).await?;
     let regs = store.list(SERVICES).await?;
+    let vip_list = store.list(vips::PREFIX).await?;
     let mut view = View::default();
     view.allocation_event(WatchEvent::Resync { kvs: allocs.kvs, revision: allocs.revision });
+    view.vip_event(WatchEvent::Resync { kvs: vip_list.kvs, revision: vip_list.revision });
     view.registration_event(WatchEvent::Resync { kvs: regs.kvs, revision: regs.revision });
     let mut allocs_watch = store.watch(keys::PORTS, Some(allocs.revision + 1)).await?;
     let mut regs_watch = store.watch(SERVICES, Some(regs.revision + 1)).await?;
+    let mut vips_watch = store.watch(vips::PREFIX, Some(vip_list.revision + 1)).await?;
     // The newest `/services/` revision taken into the view.
     let mut seen = regs.revision;
-    let mut programmer = Programmer::new(ambassador, range);
+    let mut programmer = Programmer::new(ambassador, range).with_vips(vips::default_range());
     let mut reported = Reported::default();
     let mut containers_open = true;
     let mut retry_at: Option<Instant> = None;
@@ -537,6 +645,13 @@ pub async fn run_reporting<S: Store>(
                 }
                 dirty = true;
             }
+            ev = vips_watch.next() => {
+                let Some(ev) = ev else { break };
+                if view.vip_event(ev) {
+                    programmer.resync();
+                }
+                dirty = true;
+            }
             ev = regs_watch.next() => {
                 let Some(ev) = ev else { break };
                 seen = seen.max(ev.revision());
@@ -573,6 +688,11 @@ pub async fn run_reporting<S: Store>(
                     programmer.resync();
                 }
             }
+            while let Some(ev) = vips_watch.try_next() {
+                if view.vip_event(ev) {
+                    programmer.resync();
+                }
+            }
             while let Some(ev) = regs_watch.try_next() {
                 seen = seen.max(ev.revision());
                 if view.registration_event(ev) {
@@ -601,6 +721,54 @@ mod tests {
         assert!(p.owns(&f("[::1]:6379", 42)), "embassy, IPv6 loopback");
         assert!(!p.owns(&f("[::1]:6379", 0)), "::1 for every namespace: made by hand");
         assert!(!p.owns(&f("10.0.0.1:6379", 42)));
+    }
+
+    #[test]
+    fn a_vip_serves_each_port_of_its_job_with_that_ports_registrations() {
+        use crate::stack::Port;
+        let mut e = Endpoints::default();
+        for (key, ip, proto) in [
+            ("/services/abc/abc_pricing/80/40000/1", "10.0.0.1", "tcp"),
+            ("/services/abc/abc_pricing/53/40001/1", "10.0.0.1", "udp"),
+            ("/services/xyz/xyz_pricing/80/40000/1", "10.0.0.9", "tcp"),
+        ] {
+            let v = format!(r#"{{"ipaddress": "{ip}", "host_port": 1, "proto": "{proto}"}}"#);
+            e.insert(Endpoint::parse(key, v.as_bytes()).unwrap());
+        }
+        let vip = Vip {
+            stack: "abc".into(),
+            job: "pricing".into(),
+            ip: "10.96.0.5".parse().unwrap(),
+            ports: vec![
+                Port { port: 80, proto: Proto::Tcp },
+                Port { port: 53, proto: Proto::Udp },
+                Port { port: 53, proto: Proto::Tcp },
+            ],
+            balance: Algo::LeastConn,
+        };
+        let specs = vip_desired(&vip, &e);
+        let got: Vec<(String, usize)> = specs
+            .iter()
+            .map(|s| (format!("{}/{:?}", s.frontend.addr, s.frontend.proto), s.backends.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.96.0.5:80/Tcp".into(), 1),
+                ("10.96.0.5:53/Udp".into(), 1),
+                ("10.96.0.5:53/Tcp".into(), 0)
+            ]
+        );
+        assert!(specs.iter().all(|s| s.algo == Algo::LeastConn && s.frontend.netns == 0));
+        let p =
+            Programmer::new("127.0.0.1".parse().unwrap(), PortRange { first: 20000, last: 29999 })
+                .with_vips("10.96.0.0/16".parse().unwrap());
+        assert!(p.owns(&specs[0].frontend));
+        assert!(!p.owns(&Frontend {
+            addr: "10.97.0.1:80".parse().unwrap(),
+            proto: Proto::Tcp,
+            netns: 0
+        }));
     }
 
     #[test]
