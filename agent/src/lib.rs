@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod discovery;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod netlink;
 pub mod overlay;
 pub mod runtime;

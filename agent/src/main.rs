@@ -114,6 +114,9 @@ enum Command {
         /// it must collide with no route of a host).
         #[arg(long, default_value = viking::cluster::addresses::DEFAULT_POOL)]
         overlay_pool: ipnetwork::Ipv4Network,
+        /// The DNS responder (docs/names.md).
+        #[command(flatten)]
+        names: viking::names::NamesArgs,
         /// This host's scheduling tags.
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -372,6 +375,7 @@ async fn main() -> anyhow::Result<()> {
             overlay_port,
             overlay_vni,
             overlay_pool,
+            names,
             vpc_rules,
             vpc_attach,
         } => {
@@ -419,6 +423,7 @@ async fn main() -> anyhow::Result<()> {
                     vni: overlay_vni,
                     pool: overlay_pool,
                 },
+                names,
             })
             .await
         }

@@ -53,6 +53,8 @@ pub struct AgentConfig {
     /// Serve the API without TLS on a non-loopback address.
     pub api_insecure: bool,
     pub overlay: OverlayArgs,
+    /// The DNS responder (`--dns-*`).
+    pub names: viking::names::NamesArgs,
 }
 
 /// `--overlay`, `--overlay-port`, `--overlay-vni`, `--overlay-pool`.
@@ -103,6 +105,7 @@ fn open_runtime<S: Store>(
     store: &S,
     address: IpAddr,
     mtu: u32,
+    names: Option<&viking::names::Names>,
 ) -> anyhow::Result<AnyRuntime> {
     let rc = RuntimeConfig {
         node: cfg.node.clone(),
@@ -113,9 +116,13 @@ fn open_runtime<S: Store>(
         mtu: Some(mtu),
     };
     Ok(match cfg.runtime {
-        RuntimeKind::Exec => AnyRuntime::Exec(
-            ExecRuntime::new(rc, &cfg.run_dir).context("preparing the exec runtime")?,
-        ),
+        RuntimeKind::Exec => {
+            let exec = ExecRuntime::new(rc, &cfg.run_dir).context("preparing the exec runtime")?;
+            AnyRuntime::Exec(match names {
+                Some(n) => exec.with_dns(n.listen.ip(), &n.domain),
+                None => exec,
+            })
+        }
         RuntimeKind::Docker => AnyRuntime::Docker(
             DockerRuntime::connect(rc, &cfg.docker_socket)
                 .with_context(|| {
@@ -195,8 +202,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let (stop_tx, stop) = watch::channel(false);
     let vpc = start_vpc(&cfg, &store, address, stop.clone()).await;
+    // NB: a responder that cannot start stops nothing else; instances then keep the host's
+    // resolver settings.
+    let names =
+        match viking::names::start(&cfg.names, store.clone(), cfg.host_netns.clone(), stop.clone())
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "names: no DNS responder on this host");
+                None
+            }
+        };
 
-    let runtime = open_runtime(&cfg, &store, address, prepared.mtu)?;
+    let runtime = open_runtime(&cfg, &store, address, prepared.mtu, names.as_ref())?;
     let deployer = Arc::new(Deployer::new(store.clone(), DEFAULT_PORT_RANGE, cfg.ambassador));
     let state = Arc::new(ApiState {
         deployer: deployer.clone(),

@@ -80,6 +80,8 @@ struct Inner {
     exits: Mutex<BTreeMap<i32, i32>>,
     /// The instances this agent is starting right now.
     starting: Mutex<std::collections::BTreeSet<String>>,
+    /// The DNS responder instances get as nameserver, and Viking's domain (`names`).
+    dns: Option<(IpAddr, String)>,
 }
 
 /// Marks an instance as being started by this agent for as long as it lives.
@@ -131,6 +133,7 @@ impl ExecRuntime {
                 notify: Arc::new(Notify::new()),
                 exits: Mutex::new(BTreeMap::new()),
                 starting: Mutex::new(Default::default()),
+                dns: None,
             }),
         })
     }
@@ -224,6 +227,61 @@ impl ExecRuntime {
         netlink::instance::plumb(&p)
             .await
             .map_err(|e| RuntimeError::Network { name: name.to_owned(), why: e.to_string() })
+    }
+
+    /// Instances with an address get `nameserver` and their stack's search path in a
+    /// resolv.conf of their own, bind-mounted at /etc/resolv.conf (docs/names.md).
+    pub fn with_dns(mut self, nameserver: IpAddr, domain: &str) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.dns = Some((nameserver, domain.to_owned())),
+            None => tracing::warn!("names: the exec runtime is shared already; no resolv.conf"),
+        }
+        self
+    }
+
+    fn resolv_path(&self, name: &str) -> PathBuf {
+        self.inner.state_dir.join(format!("{name}.resolv.conf"))
+    }
+
+    /// Writes the instance's resolv.conf and has the child see it at /etc/resolv.conf, in a
+    /// mount namespace of its own (nothing else of the host's filesystem changes).
+    fn give_resolv_conf(&self, cmd: &mut std::process::Command, spec: &InstanceSpec) -> Result<()> {
+        let Some((nameserver, domain)) = &self.inner.dns else { return Ok(()) };
+        let target = Path::new("/etc/resolv.conf");
+        if !matches!(spec.address, Some(IpAddr::V4(_))) || !target.exists() {
+            return Ok(());
+        }
+        let path = self.resolv_path(&spec.name());
+        let text = crate::names::resolv::Dns::for_stack(*nameserver, domain, &spec.stack);
+        fs::write(&path, text.resolv_conf()).map_err(io("writing", &path))?;
+        use std::os::unix::ffi::OsStrExt as _;
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| RuntimeError::io("naming", p, std::io::ErrorKind::InvalidInput.into()))
+        };
+        let (src, dst, root) = (c(&path)?, c(target)?, c(Path::new("/"))?);
+        // SAFETY: between fork and exec the closure only makes raw syscalls with strings made
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return fail();
+                }
+                let none = std::ptr::null();
+                let private = libc::MS_REC | libc::MS_PRIVATE;
+                if libc::mount(none, root.as_ptr(), none, private, std::ptr::null()) != 0 {
+                    return fail();
+                }
+                if libc::mount(src.as_ptr(), dst.as_ptr(), none, libc::MS_BIND, std::ptr::null())
+                    != 0
+                {
+                    return fail();
+                }
+                Ok(())
+            });
+        }
+        Ok(())
     }
 
     fn command(&self, spec: &InstanceSpec) -> Result<std::process::Command> {
@@ -360,6 +418,7 @@ impl ExecRuntime {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = fs::remove_file(self.resolv_path(name));
         let _ = fs::remove_file(self.state_path(name));
     }
 }
@@ -408,6 +467,7 @@ impl Runtime for ExecRuntime {
             let err = log.try_clone().map_err(io("opening", &log_path))?;
             cmd.stdin(Stdio::null()).stdout(log).stderr(err);
             Self::confine(&mut cmd, &cgroup, Some(&netns))?;
+            self.give_resolv_conf(&mut cmd, spec)?;
             let child = tokio::process::Command::from(cmd)
                 .spawn()
                 .map_err(|e| RuntimeError::instance(&name, format!("{:?}: {e}", spec.command)))?;

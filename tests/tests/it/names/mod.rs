@@ -2,4 +2,5 @@
 //! the job's own ports, the DNS responder, instances' resolver settings.
 #![allow(clippy::unwrap_used)]
 mod datapath;
+mod dns;
 mod vips;
