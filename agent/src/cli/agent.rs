@@ -123,13 +123,17 @@ fn open_runtime<S: Store>(
                 None => exec,
             })
         }
-        RuntimeKind::Docker => AnyRuntime::Docker(
-            DockerRuntime::connect(rc, &cfg.docker_socket)
+        RuntimeKind::Docker => {
+            let docker = DockerRuntime::connect(rc, &cfg.docker_socket)
                 .with_context(|| {
                     format!("connecting to docker at {}", cfg.docker_socket.display())
                 })?
-                .with_contexts(Arc::new(store.clone())),
-        ),
+                .with_contexts(Arc::new(store.clone()));
+            AnyRuntime::Docker(match names {
+                Some(n) => docker.with_dns(n.listen.ip(), &n.domain),
+                None => docker,
+            })
+        }
     })
 }
 

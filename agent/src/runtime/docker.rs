@@ -18,6 +18,7 @@
 //!   it reconnects with backoff and wakes `changed()` once it is back.
 use std::{
     collections::{BTreeMap, HashMap},
+    net::IpAddr,
     path::{Component, Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -96,6 +97,8 @@ struct Inner {
     follower: JoinHandle<()>,
     /// Where `build:` contexts are read from (`with_contexts`).
     contexts: std::sync::OnceLock<Arc<dyn super::build::ContextSource>>,
+    /// The DNS responder containers get as nameserver, and Viking's domain (`with_dns`).
+    dns: std::sync::OnceLock<(IpAddr, String)>,
 }
 
 impl Drop for Inner {
@@ -240,6 +243,7 @@ impl DockerRuntime {
                 events,
                 follower,
                 contexts: std::sync::OnceLock::new(),
+                dns: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -247,6 +251,13 @@ impl DockerRuntime {
     /// Reads `build:` contexts from `source` (the store) to build the images of build jobs.
     pub fn with_contexts(self, source: Arc<dyn super::build::ContextSource>) -> Self {
         let _ = self.inner.contexts.set(source);
+        self
+    }
+
+    /// Containers with an address get `nameserver` and their stack's search path: the DNS
+    /// settings of their sandbox, whose resolv.conf the container shares (docs/names.md).
+    pub fn with_dns(self, nameserver: IpAddr, domain: &str) -> Self {
+        let _ = self.inner.dns.set((nameserver, domain.to_owned()));
         self
     }
 
@@ -393,10 +404,21 @@ impl DockerRuntime {
                 (LABEL_NODE.to_owned(), self.inner.cfg.node.clone()),
                 (sandbox::LABEL_SANDBOX.to_owned(), name.clone()),
             ])),
-            host_config: Some(HostConfig {
-                network_mode: Some("none".into()),
-                cgroup_parent: session.cgroup_parent.clone(),
-                ..Default::default()
+            host_config: Some({
+                let mut hc = HostConfig {
+                    network_mode: Some("none".into()),
+                    cgroup_parent: session.cgroup_parent.clone(),
+                    ..Default::default()
+                };
+                if let (Some((ns, domain)), Some(IpAddr::V4(_))) =
+                    (self.inner.dns.get(), spec.address)
+                {
+                    let d = crate::names::resolv::Dns::for_stack(*ns, domain, &spec.stack);
+                    hc.dns = Some(vec![d.nameserver.to_string()]);
+                    hc.dns_search = Some(d.search);
+                    hc.dns_options = Some(d.options);
+                }
+                hc
             }),
             ..Default::default()
         };

@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used)]
 mod datapath;
 mod dns;
+mod docker;
 mod vips;
