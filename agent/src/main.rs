@@ -238,6 +238,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Resolve NAME through this host's DNS responder as an instance of --stack would
+    /// (its search path), printing each name tried (docs/names.md).
+    Dig {
+        name: String,
+        /// The stack whose instance asks (`pricing` then means that stack's).
+        #[arg(long)]
+        stack: Option<String>,
+        /// The record type: A, AAAA, SRV, ...
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        /// The responder (the agent's --dns-listen).
+        #[arg(long, default_value = viking::names::DEFAULT_LISTEN)]
+        server: SocketAddr,
+        /// Viking's domain (the agent's --dns-domain).
+        #[arg(long, default_value = viking::names::DEFAULT_DOMAIN)]
+        domain: String,
+        /// The host's network namespace, when its agent runs with --host-netns.
+        #[arg(long)]
+        host_netns: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// This host's overlay peers: what its kernel holds for each member (VTEP, routes to its
     /// instances) and why a member is left out.
     Peers {
@@ -457,6 +479,10 @@ async fn main() -> anyhow::Result<()> {
             cli::stacks::apply(&api.client()?, &dir).await
         }
         Command::Hosts { store, json } => cli::hosts::list(&store, json).await,
+        Command::Dig { name, stack, qtype, server, domain, host_netns, json } => {
+            cli::names::dig(&name, stack.as_deref(), &qtype, server, &domain, host_netns, json)
+                .await
+        }
         Command::Peers { node, host_netns, store, json } => {
             let node = NodeArgs { node, bpffs: None }.node();
             cli::peers::list(&store, &node, host_netns, json).await

@@ -3,6 +3,7 @@ pub mod agent;
 pub mod allocations;
 pub mod hosts;
 pub mod instances;
+pub mod names;
 pub mod out;
 pub mod peers;
 pub mod progress;

@@ -23,7 +23,7 @@ use rand::{Rng as _, SeedableRng as _};
 use viking_tests::{
     cluster::{bin, rows, Cluster, Options},
     guards::NetNs,
-    unique,
+    unique, viking_bin,
 };
 
 use super::datapath::vips;
@@ -185,6 +185,32 @@ async fn instances_resolve_their_own_deployments_names_and_the_rest_is_forwarded
     assert_eq!(nx.response_code(), ResponseCode::NXDomain);
     let consul = ask(&host.ns, "pricing.abc.service.consul.", RecordType::A);
     assert_eq!(a_of(&consul), [vip("abc")]);
+
+    // `viking dig` answers as an instance of the stack would.
+    let dig = |name: &str, stack: &str| {
+        let ns = host.ns.path().display().to_string();
+        let out = std::process::Command::new(viking_bin())
+            .args(["dig", name, "--stack", stack, "--host-netns", &ns, "--json"])
+            .output()
+            .unwrap();
+        let tried: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.success(), tried)
+    };
+    for stack in ["abc", "xyz"] {
+        let (ok, tried) = dig("pricing", stack);
+        let last = &tried[tried.as_array().unwrap().len() - 1];
+        assert!(ok, "{tried}");
+        assert_eq!(last["name"], format!("pricing.{stack}.viking."));
+        assert_eq!(last["answers"][0], format!("A {}", vip(stack)), "{tried}");
+    }
+    // Not in abc's or Viking's domain: searched there, then asked upstream.
+    let (ok, tried) = dig("nope", "abc");
+    assert!(ok, "{tried}");
+    assert_eq!(tried[0]["status"], "Non-Existent Domain", "{tried}");
+    assert_eq!(tried[1]["status"], "Non-Existent Domain", "{tried}");
+    assert_eq!(tried[2]["answers"][0], format!("A {OUTSIDE}"), "{tried}");
+    let (ok, tried) = dig("nope.abc.viking.", "abc");
+    assert!(!ok && tried.as_array().unwrap().len() == 1, "{tried}");
 
     // rm xyz: its names go, abc's stay.
     c.hosts[0].agent.client().delete("/v1/stacks/xyz").await.unwrap();
