@@ -44,7 +44,11 @@ pub struct ApiState<S: Store> {
 
 type Shared<S> = Arc<ApiState<S>>;
 
-pub fn router<S: Store>(state: Shared<S>) -> Router {
+/// The agent's API: the cluster's routes, then `local` (routes that answer for this node
+/// itself, never forwarded to the leader: the host's VPC filter) behind the same token, every
+/// error as JSON.
+pub fn router<S: Store>(state: Shared<S>, local: Router) -> Router {
+    let local = local.layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
     let authed = Router::new()
         .route("/v1/deploy", post(deploy::<S>))
         .route("/v1/stacks", get(stacks::<S>))
@@ -69,6 +73,7 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
         .merge(authed)
         .merge(runs)
         .with_state(state)
+        .merge(local)
         .layer(middleware::map_response(json_errors))
 }
 
@@ -98,12 +103,6 @@ async fn json_errors(res: Response) -> Response {
         }
     }
     out
-}
-
-/// Routes that answer for this node itself (never forwarded to the leader), behind the same
-/// token: the host's VPC filter.
-pub fn local<S: Store>(state: Shared<S>, routes: Router) -> Router {
-    routes.layer(middleware::from_fn_with_state(state, auth::<S>))
 }
 
 /// An error answer: a status and a message for a person.

@@ -216,8 +216,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     });
     let listener = std::net::TcpListener::bind(cfg.api)
         .with_context(|| format!("binding the API to {}", cfg.api))?;
-    let app = api::server::router(state.clone())
-        .merge(api::server::local(state, viking::vpc::api::router(vpc)));
+    let app = api::server::router(state, viking::vpc::api::router(vpc));
     let server = tokio::spawn(api::serve::serve(listener, app, tls));
     tracing::info!(
         node = %cfg.node,
