@@ -8,7 +8,7 @@ use tokio::{
     sync::watch,
 };
 use viking::{
-    api::{self, server::ApiState, LeaderInfo},
+    api::{self, state::ApiState, LeaderInfo},
     cluster::Addresses,
     cluster::{self, membership, HostInfo, DEFAULT_PORT_RANGE},
     control::{self, placement::Placer, reconciler::Reconciler},
@@ -205,7 +205,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         node: cfg.node.clone(),
         leading: leading.clone(),
         http: forward,
-        local: Arc::new(api::status::Local {
+        local: Arc::new(api::state::Local {
             address,
             api: advertised.to_string(),
             tls: tls.is_some(),
