@@ -44,7 +44,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         let _s = Step::new(2, 5, "build (eBPF object through aya-build, agent, probe)");
         exec(Command::new("cargo").args(["build", "--bins"]))?;
     }
-    let (mut passed, mut failed) = {
+    let (mut passed, mut failed, mut names) = {
         let _s = Step::new(3, 5, "tests (unit + privileged integration)");
         cargo_test(extra)?
     };
@@ -58,12 +58,14 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
                         passed += 1;
                     } else {
                         println!("fuzz target {t} FAILED: the input is in fuzz/artifacts/{t}/");
+                        names.push(format!("fuzz {t}"));
                         failed += 1;
                     }
                 }
             }
             Err(e) => {
                 println!("fuzzing FAILED: {e:#}");
+                names.push("fuzz build".into());
                 failed += 1;
             }
         }
@@ -79,31 +81,41 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             Ok(()) => passed += 1,
             Err(e) => {
                 println!("demo FAILED: {e:#}");
+                names.push("demo".into());
                 failed += 1;
             }
         }
     }
     // One closing line for the whole run (cargo prints one per test binary).
     println!("tests: {passed} passed, {failed} failed");
+    for name in &names {
+        println!("  FAILED: {name}");
+    }
     if failed > 0 {
         bail!("{failed} tests failed");
     }
     Ok(())
 }
 
-/// Runs `cargo test`, echoing its output, and adds up every "test result:" line.
-fn cargo_test(extra: &[String]) -> anyhow::Result<(u64, u64)> {
+/// Runs `cargo test`, echoing its output, adds up every "test result:" line and keeps the
+/// names of the tests that failed (for the closing lines).
+fn cargo_test(extra: &[String]) -> anyhow::Result<(u64, u64, Vec<String>)> {
     let mut child = Command::new("cargo")
         .args(["test", "--no-fail-fast"])
         .args(extra)
         .current_dir(crate::util::root())
         .stdout(Stdio::piped())
         .spawn()?;
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut names) = (0, 0, Vec::new());
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let line = line?;
             println!("{line}");
+            if let Some(name) =
+                line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED"))
+            {
+                names.push(name.to_string());
+            }
             if let Some(rest) = line.strip_prefix("test result: ") {
                 passed += count(rest, " passed");
                 failed += count(rest, " failed");
@@ -114,7 +126,7 @@ fn cargo_test(extra: &[String]) -> anyhow::Result<(u64, u64)> {
     if !status.success() && failed == 0 {
         bail!("cargo test failed: {status}");
     }
-    Ok((passed, failed))
+    Ok((passed, failed, names))
 }
 
 /// The number before `what` in "ok. 5 passed; 0 failed; ...".

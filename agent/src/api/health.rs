@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::server::ApiState;
+use super::state::ApiState;
 use crate::{metrics, store::Store};
 
 /// How long the store may take to answer a probe before it counts as unreachable.

@@ -8,6 +8,7 @@ pub mod rollout;
 pub mod run;
 pub mod serve;
 pub mod server;
+pub mod state;
 pub mod status;
 pub mod tls;
 pub mod token;

@@ -17,7 +17,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::server::{ApiError, ApiState};
+use super::state::{ApiError, ApiState};
 use crate::{
     control::instances::{ps, PsRow},
     discovery::registration::{Endpoint, PREFIX},

@@ -11,7 +11,7 @@
 //! - server -> client: frames `[kind u8][length u32 BE][payload]`: 1 stdout, 2 stderr,
 //!   3 exit (payload: the code, i32 BE), 4 error (payload: a message; nothing ran or the run
 //!   broke).
-use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     body::Body,
@@ -23,11 +23,11 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::{server::ApiError, server::ApiState};
+use super::state::{ApiError, ApiState, Runner};
 use crate::{
     cluster::membership,
     control::scheduler::{schedule, Placement, SchedulerInput},
-    runtime::{InstanceSpec, RunIo, RuntimeError},
+    runtime::{InstanceSpec, RunIo},
     store::{keys, Store},
 };
 
@@ -40,26 +40,6 @@ pub const STDOUT: u8 = 1;
 pub const STDERR: u8 = 2;
 pub const EXIT: u8 = 3;
 pub const ERROR: u8 = 4;
-
-/// Runs a job here: the agent's runtime behind a trait object, so the API needs no runtime
-/// type parameter.
-pub trait Runner: Send + Sync {
-    fn run(
-        &self,
-        spec: InstanceSpec,
-        io: RunIo,
-    ) -> Pin<Box<dyn Future<Output = Result<i32, RuntimeError>> + Send + '_>>;
-}
-
-impl<R: crate::runtime::Runtime> Runner for R {
-    fn run(
-        &self,
-        spec: InstanceSpec,
-        io: RunIo,
-    ) -> Pin<Box<dyn Future<Output = Result<i32, RuntimeError>> + Send + '_>> {
-        Box::pin(async move { self.run_attached(&spec, io).await })
-    }
-}
 
 /// Where the CLI wants it run.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

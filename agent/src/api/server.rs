@@ -1,6 +1,4 @@
 //! The API server. Routes, bearer-token check, and forwarding of writes to the leader.
-use std::sync::Arc;
-
 use axum::{
     body::Body,
     extract::{Path, Request, State},
@@ -11,40 +9,27 @@ use axum::{
     Json, Router,
 };
 use serde::Serialize;
-use tokio::sync::watch;
 
-use super::{ApiErrorBody, DeployRequest, JobFile, JobRun, LeaderInfo};
+use super::{DeployRequest, JobFile, JobRun, LeaderInfo};
 use crate::{
     cluster::leader,
-    deploy::{DeployError, Deployer, JobRecord},
+    deploy::JobRecord,
     stack::Stack,
-    store::{HealthSignal, Store, StoreHealth},
+    store::{Store, StoreHealth},
 };
 
 /// Set on a request a follower forwarded, so it is never forwarded twice.
 const FORWARDED: &str = "x-viking-forwarded";
 const MAX_BODY: usize = 8 << 20;
 
-pub struct ApiState<S: Store> {
-    pub store: S,
-    pub deployer: std::sync::Arc<Deployer<S>>,
-    pub token: String,
-    pub node: String,
-    /// Whether this node leads now (from its election task).
-    pub leading: watch::Receiver<bool>,
-    /// Forwards writes to the leader (trusting `--api-ca` when the leader speaks TLS).
-    pub http: reqwest::Client,
-    /// Whether the store works (`/v1/health` says so).
-    pub store_health: HealthSignal,
-    /// What runs `viking run` jobs placed on this host (the agent's runtime).
-    pub runner: Option<std::sync::Arc<dyn super::run::Runner>>,
-    /// This agent's address, API and start, for `/v1/status`.
-    pub local: Arc<super::status::Local>,
-}
+use super::state::Shared;
+pub use super::state::{ApiError, ApiState};
 
-type Shared<S> = Arc<ApiState<S>>;
-
-pub fn router<S: Store>(state: Shared<S>) -> Router {
+/// The agent's API: the cluster's routes, then `local` (routes that answer for this node
+/// itself, never forwarded to the leader: the host's VPC filter) behind the same token, every
+/// error as JSON.
+pub fn router<S: Store>(state: Shared<S>, local: Router) -> Router {
+    let local = local.layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
     let authed = Router::new()
         .route("/v1/deploy", post(deploy::<S>))
         .route("/v1/stacks", get(stacks::<S>))
@@ -69,6 +54,7 @@ pub fn router<S: Store>(state: Shared<S>) -> Router {
         .merge(authed)
         .merge(runs)
         .with_state(state)
+        .merge(local)
         .layer(middleware::map_response(json_errors))
 }
 
@@ -98,43 +84,6 @@ async fn json_errors(res: Response) -> Response {
         }
     }
     out
-}
-
-/// Routes that answer for this node itself (never forwarded to the leader), behind the same
-/// token: the host's VPC filter.
-pub fn local<S: Store>(state: Shared<S>, routes: Router) -> Router {
-    routes.layer(middleware::from_fn_with_state(state, auth::<S>))
-}
-
-/// An error answer: a status and a message for a person.
-pub struct ApiError(pub StatusCode, pub String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(ApiErrorBody { error: self.1 })).into_response()
-    }
-}
-
-impl From<DeployError> for ApiError {
-    fn from(e: DeployError) -> Self {
-        let status = match &e {
-            DeployError::Stack(_) => StatusCode::BAD_REQUEST,
-            DeployError::NotFound(_) => StatusCode::NOT_FOUND,
-            DeployError::Conflict(_)
-            | DeployError::Dependents { .. }
-            | DeployError::NotPlanned(_) => StatusCode::CONFLICT,
-            DeployError::Cluster(crate::cluster::ClusterError::PortsExhausted { .. }) => {
-                StatusCode::INSUFFICIENT_STORAGE
-            }
-            // NB: a retry cannot help a request over the store's limits.
-            DeployError::Store(crate::store::StoreError::Limit { .. })
-            | DeployError::Cluster(crate::cluster::ClusterError::Store(
-                crate::store::StoreError::Limit { .. },
-            )) => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Self(status, e.to_string())
-    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use axum::{extract::State, response::IntoResponse as _, response::Response, Json};
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     health::{probe_store, readiness, Check, StoreHealth},
-    server::{ApiError, ApiState},
+    state::{ApiError, ApiState},
     LeaderInfo,
 };
 use crate::{
@@ -21,17 +21,6 @@ use crate::{
     metrics,
     store::Store,
 };
-
-/// What the agent knows of itself, for status.
-#[derive(Debug, Clone)]
-pub struct Local {
-    /// The address other hosts reach this one on.
-    pub address: IpAddr,
-    /// The API as other agents reach it (`HOST:PORT`).
-    pub api: String,
-    pub tls: bool,
-    pub started: Instant,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Member {

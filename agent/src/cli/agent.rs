@@ -8,7 +8,7 @@ use tokio::{
     sync::watch,
 };
 use viking::{
-    api::{self, server::ApiState, LeaderInfo},
+    api::{self, state::ApiState, LeaderInfo},
     cluster::Addresses,
     cluster::{self, membership, HostInfo, DEFAULT_PORT_RANGE},
     control::{self, placement::Placer, reconciler::Reconciler},
@@ -228,7 +228,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         node: cfg.node.clone(),
         leading: leading.clone(),
         http: forward,
-        local: Arc::new(api::status::Local {
+        local: Arc::new(api::state::Local {
             address,
             api: advertised.to_string(),
             tls: tls.is_some(),
@@ -239,8 +239,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     });
     let listener = std::net::TcpListener::bind(cfg.api)
         .with_context(|| format!("binding the API to {}", cfg.api))?;
-    let app = api::server::router(state.clone())
-        .merge(api::server::local(state, viking::vpc::api::router(vpc)));
+    let app = api::server::router(state, viking::vpc::api::router(vpc));
     let server = tokio::spawn(api::serve::serve(listener, app, tls));
     tracing::info!(
         node = %cfg.node,

@@ -7,6 +7,7 @@ mod datapath;
 mod deploy;
 mod discovery;
 mod docker_agent;
+mod docker_build;
 mod embassy;
 mod names;
 mod ops;

@@ -62,7 +62,14 @@ fn held(c: &Cluster) -> Held {
     let veths = String::from_utf8_lossy(&links.stdout)
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
-        .filter(|name| name.starts_with("vk"))
+        // NB: instances' host-side veths are `vk` and 8 hex digits (the overlay's device is
+        // `vk-vxlan`); `ip -o link` prints a veth as `name@peer`.
+        .map(|name| name.split('@').next().unwrap_or(name))
+        .filter(|name| {
+            name.len() == 10
+                && name.starts_with("vk")
+                && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+        })
         .count();
     let cg = &host.agent.cgroup.path;
     let cgroups: BTreeSet<String> = std::fs::read_dir(cg)
