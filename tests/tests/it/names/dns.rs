@@ -159,8 +159,12 @@ async fn instances_resolve_their_own_deployments_names_and_the_rest_is_forwarded
         let mut round = Default::default();
         for _ in 0..100 {
             round = last_round(&host.agent.instance_log(&format!("{stack}_web_0")));
+            // NB: until instance 1 reports its address, `1.pricing` is searched in vain and
+            // then asked upstream, which answers everything.
+            let first = |k: &str| round.get(k).and_then(|v| v.split_whitespace().next());
             let done = round.get("C").is_some_and(|c| c.starts_with(&format!("{stack}_pricing_")))
-                && round.get("O").is_some_and(|o| o.starts_with(&OUTSIDE.to_string()));
+                && first("O") == Some(OUTSIDE.to_string().as_str())
+                && first("I") == Some(addr_of(stack, 1).as_str());
             if done {
                 break;
             }

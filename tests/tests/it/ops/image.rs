@@ -70,10 +70,13 @@ async fn agent_image_runs_privileged_attaches_serves_and_programs() {
     let out = c.wget(&format!("http://127.0.0.1:{port}/")).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(GREETING), "{}\n{}", text(&out), c.log());
     let (rows, conns) = table(&c);
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert!(rows[0].0.contains(&format!("127.0.0.1:{port}")), "{rows:?}");
+    // The server's ambassador port and its job's VIP (docs/names.md), to the same backend.
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let amb = rows.iter().find(|r| r.0.contains(&format!("127.0.0.1:{port}"))).expect("ambassador");
+    let vip = rows.iter().find(|r| r.0.contains("\"10.96.")).expect("the server's VIP");
+    assert_eq!(vip.1, amb.1, "{rows:?}");
     let pool: ipnetwork::Ipv4Network = viking::cluster::DEFAULT_POOL.parse().unwrap();
-    let backend: std::net::SocketAddr = rows[0].1[0].trim_matches('"').parse().unwrap();
+    let backend: std::net::SocketAddr = amb.1[0].trim_matches('"').parse().unwrap();
     assert!(
         matches!(backend, std::net::SocketAddr::V4(b) if pool.contains(*b.ip()) && b.port() == 80),
         "the server's allocated address: {rows:?}"
@@ -82,7 +85,7 @@ async fn agent_image_runs_privileged_attaches_serves_and_programs() {
 
     let s = c.status().unwrap();
     assert_eq!(s["instances"]["running"], 2, "{s}");
-    assert_eq!(s["datapath"]["services"], 1, "{s}");
+    assert_eq!(s["datapath"]["services"], 2, "the ambassador port and the VIP: {s}");
     assert_eq!(s["sync"]["synced"], true, "{s}");
 
     // A rollout that cannot succeed (an image nobody has, and nothing is pulled): --wait
