@@ -22,8 +22,6 @@ use viking::{
 };
 use viking_tests::{agent::AgentProc, etcd::Etcd, probe::Conn, probe_bin};
 
-/// Jobs that never run (no host has their tag): their ports are allocated, their
-/// registrations are the test's.
 /// Jobs no host can run (a host tag nobody has): their ports are allocated, nothing registers.
 const STACK: &str = "web:\n  type: job\n  command: sleep 1000\n  ports:\n    - 80\n  filter:\n    - nowhere\n\
 empty:\n  type: job\n  command: sleep 1000\n  ports:\n    - 80\n  filter:\n    - nowhere\n\
