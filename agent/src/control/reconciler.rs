@@ -150,6 +150,8 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 .await?,
                 ps: Mirror::start(&self.store, keys::PS).await?,
             });
+            // The listings the mirrors started from are garbage now.
+            crate::memory::give_back();
         }
         match &self.mirrors {
             Some(m) => Ok(m),

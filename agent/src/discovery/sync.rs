@@ -519,6 +519,10 @@ pub async fn run_reporting<S: Store>(
             if let Some(problems) = problems {
                 reported.report(problems);
             }
+            if done.full {
+                // The listing a full pass starts from is garbage now.
+                crate::memory::give_back();
+            }
             retry_at = (done.failed > 0).then(|| Instant::now() + RETRY);
             if done.failed == 0 {
                 programmed.send_if_modified(|r| std::mem::replace(r, seen) != seen);
