@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod deploy;
 pub mod discovery;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod netlink;

@@ -18,8 +18,8 @@ use super::instances::{Intent, Phase, Status};
 use crate::{
     discovery::{
         embassy::{Container, Containers},
-        registration::Endpoint,
-        registrator,
+        registered::{self, Registered},
+        registrator::{self, Held},
     },
     overlay::Paths,
     runtime::{spec_hash, Instance, InstanceState, Runtime},
@@ -83,8 +83,9 @@ pub struct Reconciler<S: Store, R: Runtime> {
 struct Mirrors {
     /// `/viking/proc/<this host>/`
     intents: Mirror,
-    /// `/services/`: every registration (which jobs are up; this host's own records).
-    services: Mirror,
+    /// `/services/`: every registration (which jobs are up; this host's own records), only
+    /// what a pass asks of each (`discovery::registered`).
+    services: Mirror<Registered>,
     /// `/viking/ps/`: every host's statuses (which jobs run somewhere; this host's own).
     ps: Mirror,
 }
@@ -96,7 +97,8 @@ struct View {
     /// Registered services whose backends this host cannot reach yet, and why.
     unreachable: BTreeMap<String, String>,
     running_jobs: BTreeSet<(String, String)>,
-    services: Vec<KeyValue>,
+    /// The registrations under this host's lease when the pass read them.
+    mine: BTreeMap<String, Held>,
     ps: Vec<KeyValue>,
 }
 
@@ -140,10 +142,16 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             let mine = format!("{}{}/", keys::PROC, self.node);
             self.mirrors = Some(Mirrors {
                 intents: Mirror::start(&self.store, &mine).await?,
-                services: Mirror::start(&self.store, crate::discovery::registration::PREFIX)
-                    .await?,
+                services: Mirror::projected(
+                    &self.store,
+                    crate::discovery::registration::PREFIX,
+                    Registered::project,
+                )
+                .await?,
                 ps: Mirror::start(&self.store, keys::PS).await?,
             });
+            // The listings the mirrors started from are garbage now.
+            crate::memory::give_back();
         }
         match &self.mirrors {
             Some(m) => Ok(m),
@@ -162,8 +170,9 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
     }
 
     async fn view(&mut self) -> Result<View, StoreError> {
+        let lease = *self.lease.borrow();
         let m = self.mirrors().await?;
-        let (intent_kvs, services, ps) = (m.intents.kvs(), m.services.kvs(), m.ps.kvs());
+        let (intent_kvs, ps) = (m.intents.kvs(), m.ps.kvs());
         let mut intents = BTreeMap::new();
         for kv in intent_kvs {
             match serde_json::from_slice::<Intent>(&kv.value) {
@@ -173,20 +182,18 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 Err(e) => tracing::warn!(key = %kv.key, error = %e, "ignoring an intent record"),
             }
         }
-        let endpoints: Vec<(Endpoint, Revision)> = services
-            .iter()
-            .filter_map(|kv| Some((Endpoint::parse(&kv.key, &kv.value).ok()?, kv.mod_revision)))
+        // NB: only the services an instance links to are looked at (`blocked_on`).
+        let linked: BTreeSet<String> = intents
+            .values()
+            .flat_map(|(i, _)| i.after.iter().filter(|a| a.ports))
+            .map(|a| service_name(&a.stack, &a.job))
             .collect();
-        let registered = endpoints.iter().map(|(e, _)| e.key.service.clone()).collect();
+        let seen = m.services.with(|all| registered::read(all, &linked, lease));
         let mut unreachable = BTreeMap::new();
         if let Some(paths) = &self.paths {
-            let mut by_service: BTreeMap<&str, Vec<(std::net::IpAddr, Revision)>> = BTreeMap::new();
-            for (e, rev) in &endpoints {
-                by_service.entry(&e.key.service).or_default().push((e.record.ipaddress, *rev));
-            }
-            for (service, backends) in by_service {
+            for (service, backends) in seen.backends {
                 if let Some(why) = paths.problem(backends) {
-                    unreachable.insert(service.to_owned(), why);
+                    unreachable.insert(service, why);
                 }
             }
         }
@@ -198,7 +205,8 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
                 matches!(st.phase, Phase::Running | Phase::Completed).then_some((stack, job))
             })
             .collect();
-        Ok(View { intents, registered, unreachable, running_jobs, services, ps })
+        let (registered, mine) = (seen.registered, seen.mine);
+        Ok(View { intents, registered, unreachable, running_jobs, mine, ps })
     }
 }
 
@@ -387,7 +395,12 @@ impl<S: Store, R: Runtime> Reconciler<S, R> {
             .filter_map(|(n, (i, _))| Some((n.clone(), i.spec.image.clone()?)))
             .collect();
         let want = registrator::wanted(&self.node, &running, &tags, &images);
-        let have = lease.map(|l| registrator::mine(l, &view.services)).unwrap_or_default();
+        let have: BTreeMap<String, Held> = view
+            .mine
+            .iter()
+            .filter(|(_, h)| h.lease == lease)
+            .map(|(k, h)| (k.clone(), *h))
+            .collect();
         let (w, r) = registrator::sync(&self.store, lease, &want, &have).await?;
         if w + r > 0 {
             tracing::info!(written = w, removed = r, "registrations");
@@ -611,7 +624,7 @@ mod tests {
             registered: BTreeSet::new(),
             unreachable: BTreeMap::new(),
             running_jobs: BTreeSet::new(),
-            services: vec![],
+            mine: BTreeMap::new(),
             ps: vec![],
         }
     }

@@ -1,51 +1,108 @@
 //! The registrations a host knows, indexed by store key and by service: what discovery's
 //! loop (`sync`) and embassy's descriptors (`embassy`) select backends from.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+    ops::{Bound, Range},
+    sync::Arc,
+};
 
 use super::{
     descriptor::{Descriptor, ServiceRef},
     registration::Endpoint,
 };
+use crate::datapath::Proto;
+
+/// What the loop keeps of a registration: what selects it (service, port, protocol, tags),
+/// where it points, and the revision it was written at. The rest of the record is not kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// The store key.
+    pub key: Arc<str>,
+    /// Where the service sits in `key`.
+    service: Range<u32>,
+    /// The service port (the key's `<port>`).
+    pub port: u16,
+    /// The address to send connections to (`ipaddress:host_port`).
+    pub addr: SocketAddr,
+    pub proto: Option<Proto>,
+    pub tags: Box<[String]>,
+    /// The store revision it was last written at (0: not known).
+    pub revision: i64,
+}
+
+impl Known {
+    /// What is kept of `e`, written at `revision`.
+    pub fn of(e: Endpoint, revision: i64) -> Self {
+        let key: Arc<str> = e.key.to_key().into();
+        let span = e.key.service_span();
+        // NB: a key longer than 4 GiB cannot come out of a store that takes 1.5 MiB.
+        let service = span.start as u32..span.end as u32;
+        Self {
+            key,
+            service,
+            port: e.key.port,
+            addr: e.addr(),
+            proto: e.record.proto,
+            tags: e.record.tags.into_boxed_slice(),
+            revision,
+        }
+    }
+
+    /// The service it registers (`apache`, `db/slaves`).
+    pub fn service(&self) -> &str {
+        self.key.get(self.service.start as usize..self.service.end as usize).unwrap_or_default()
+    }
+
+    /// The address to send connections to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
 
 /// The registrations the loop knows, by store key and by service.
 #[derive(Debug, Default)]
 pub struct Endpoints {
-    by_key: BTreeMap<String, Endpoint>,
-    by_service: HashMap<String, BTreeSet<String>>,
-    /// The store revision each registration was last written at (0: not known).
-    revisions: HashMap<String, i64>,
+    by_key: BTreeMap<Arc<str>, Known>,
+    by_service: HashMap<Box<str>, BTreeSet<Arc<str>>>,
 }
 
 impl Endpoints {
     /// Adds or replaces a registration; returns the one it replaced.
-    pub fn insert(&mut self, e: Endpoint) -> Option<Endpoint> {
+    pub fn insert(&mut self, e: Endpoint) -> Option<Known> {
         self.insert_at(e, 0)
     }
 
     /// Adds or replaces a registration written at store revision `revision` (which decides
     /// who is left out of a service with more backends than the datapath holds: the oldest).
-    pub fn insert_at(&mut self, e: Endpoint, revision: i64) -> Option<Endpoint> {
-        let key = e.key.to_key();
-        let old = self.remove(&key);
-        self.by_service.entry(e.key.service.clone()).or_default().insert(key.clone());
-        self.revisions.insert(key.clone(), revision);
-        self.by_key.insert(key, e);
+    pub fn insert_at(&mut self, e: Endpoint, revision: i64) -> Option<Known> {
+        let known = Known::of(e, revision);
+        let old = self.remove(&known.key);
+        match self.by_service.get_mut(known.service()) {
+            Some(keys) => {
+                keys.insert(known.key.clone());
+            }
+            None => {
+                let keys = BTreeSet::from([known.key.clone()]);
+                self.by_service.insert(known.service().into(), keys);
+            }
+        }
+        self.by_key.insert(known.key.clone(), known);
         old
     }
 
     /// The revision a registration was last written at (0 when not known).
     pub fn revision(&self, key: &str) -> i64 {
-        self.revisions.get(key).copied().unwrap_or(0)
+        self.by_key.get(key).map_or(0, |k| k.revision)
     }
 
     /// Removes a registration by its store key; returns it.
-    pub fn remove(&mut self, key: &str) -> Option<Endpoint> {
-        self.revisions.remove(key);
+    pub fn remove(&mut self, key: &str) -> Option<Known> {
         let old = self.by_key.remove(key)?;
-        if let Some(keys) = self.by_service.get_mut(&old.key.service) {
+        if let Some(keys) = self.by_service.get_mut(old.service()) {
             keys.remove(key);
             if keys.is_empty() {
-                self.by_service.remove(&old.key.service);
+                self.by_service.remove(old.service());
             }
         }
         Some(old)
@@ -54,7 +111,6 @@ impl Endpoints {
     pub fn clear(&mut self) {
         self.by_key.clear();
         self.by_service.clear();
-        self.revisions.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -66,7 +122,7 @@ impl Endpoints {
     }
 
     /// The registrations of `service` (any env, any port).
-    pub fn of_service<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+    pub fn of_service<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Known> + 'a {
         self.by_service.get(service).into_iter().flatten().filter_map(|k| self.by_key.get(k))
     }
 
@@ -74,14 +130,14 @@ impl Endpoints {
     pub fn for_descriptor<'a>(
         &'a self,
         d: &'a Descriptor,
-    ) -> Box<dyn Iterator<Item = &'a Endpoint> + 'a> {
+    ) -> Box<dyn Iterator<Item = &'a Known> + 'a> {
         match &d.service {
             ServiceRef::Name(n) => Box::new(self.of_service(n).filter(|e| d.matches(e))),
             ServiceRef::Path(p) => {
                 let from = format!("{p}/");
                 Box::new(
                     self.by_key
-                        .range(from.clone()..)
+                        .range::<str, _>((Bound::Included(from.as_str()), Bound::Unbounded))
                         .take_while(move |(k, _)| k.starts_with(&from))
                         .map(|(_, e)| e)
                         .filter(|e| d.matches(e)),

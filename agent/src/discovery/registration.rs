@@ -87,6 +87,12 @@ impl RegistrationKey {
         )
     }
 
+    /// Where `service` sits in `to_key()`, so that a reader holding the key needs no copy of it.
+    pub fn service_span(&self) -> std::ops::Range<usize> {
+        let start = PREFIX.len() + self.env.len() + 1;
+        start..start + self.service.len()
+    }
+
     /// Parses `/services/<env>/<service...>/<port>/<host_port>/<id>`.
     pub fn parse(key: &str) -> Result<Self, String> {
         let rest =
@@ -161,6 +167,7 @@ mod tests {
         let nested = RegistrationKey::parse("/services/prod/db/slaves/3306/40000/abc").unwrap();
         assert_eq!(nested.service, "db/slaves");
         assert_eq!(nested.to_key(), "/services/prod/db/slaves/3306/40000/abc");
+        assert_eq!(&nested.to_key()[nested.service_span()], "db/slaves");
     }
 
     #[test]

@@ -65,11 +65,35 @@ pub fn wanted(
     out
 }
 
+/// What a pass needs to know of a registration in the store: whose lease holds it and a
+/// digest of its value (to tell whether it equals what would be written, without keeping it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub lease: Option<LeaseId>,
+    pub digest: u64,
+}
+
+impl Held {
+    pub fn of(kv: &KeyValue) -> Self {
+        Self { lease: kv.lease, digest: digest(&kv.value) }
+    }
+}
+
+/// A 64-bit digest of a registration's value (the standard hasher with its fixed keys: the
+/// same for the same value within the process, which is all it is compared in). NB: two values
+/// with the same digest would pass for equal; at 2^-64 per pair this is accepted.
+pub fn digest(value: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(value);
+    h.finish()
+}
+
 /// The registrations this agent made, among `all`: those under its lease.
-pub fn mine(lease: LeaseId, all: &[KeyValue]) -> BTreeMap<&str, &KeyValue> {
+pub fn mine(lease: LeaseId, all: &[KeyValue]) -> BTreeMap<String, Held> {
     all.iter()
         .filter(|kv| kv.key.starts_with(PREFIX) && kv.lease == Some(lease))
-        .map(|kv| (kv.key.as_str(), kv))
+        .map(|kv| (kv.key.clone(), Held::of(kv)))
         .collect()
 }
 
@@ -97,16 +121,16 @@ pub async fn sync<S: Store>(
     store: &S,
     lease: Option<LeaseId>,
     want: &BTreeMap<String, Vec<u8>>,
-    have: &BTreeMap<&str, &KeyValue>,
+    have: &BTreeMap<String, Held>,
 ) -> Result<(usize, usize), StoreError> {
     let mut removed = 0;
-    for key in have.keys().filter(|k| !want.contains_key(**k)) {
+    for key in have.keys().filter(|k| !want.contains_key(*k)) {
         store.delete(key).await?;
         removed += 1;
     }
     let mut written = 0;
     for (key, value) in want {
-        let same = have.get(key.as_str()).is_some_and(|kv| &kv.value == value && kv.lease == lease);
+        let same = have.get(key).is_some_and(|h| h.digest == digest(value) && h.lease == lease);
         if !same {
             store.put(key, value.clone(), lease).await?;
             written += 1;
@@ -118,6 +142,30 @@ pub async fn sync<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_this_agent_holds_is_told_apart_by_lease_and_value() {
+        let kv = |key: &str, value: &str, lease| KeyValue {
+            key: key.into(),
+            value: value.into(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease,
+        };
+        let all = [
+            kv("/services/s/s_a/80/1/a", r#"{"x":1}"#, Some(LeaseId(7))),
+            kv("/services/s/s_b/80/1/b", r#"{"x":1}"#, Some(LeaseId(8))),
+            kv("/services/s/s_c/80/1/c", r#"{"x":1}"#, None),
+            kv("/viking/ps/h/s/a/0", r#"{"x":1}"#, Some(LeaseId(7))),
+        ];
+        let mine = mine(LeaseId(7), &all);
+        assert_eq!(mine.keys().collect::<Vec<_>>(), ["/services/s/s_a/80/1/a"]);
+        let held = mine["/services/s/s_a/80/1/a"];
+        assert_eq!(held.digest, digest(br#"{"x":1}"#));
+        assert_ne!(held.digest, digest(br#"{"x":2}"#));
+        assert_eq!(held.lease, Some(LeaseId(7)));
+    }
 
     #[test]
     fn secrets_stay_out_of_registrations() {

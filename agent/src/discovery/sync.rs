@@ -28,7 +28,7 @@ use std::{
 
 use super::{
     embassy::{self, is_embassy_addr, Containers, Reported},
-    endpoints::{fit_name, Endpoints},
+    endpoints::{fit_name, Endpoints, Known},
     limit,
     registration::{Endpoint, PREFIX as SERVICES},
 };
@@ -52,18 +52,17 @@ pub fn desired(
 ) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
     for a in allocations {
-        let mine: Vec<&Endpoint> =
-            endpoints.of_service(&a.service).filter(|e| e.key.port == a.port).collect();
-        let udp = mine.iter().any(|e| e.record.proto == Some(Proto::Udp));
+        let mine: Vec<&Known> =
+            endpoints.of_service(&a.service).filter(|e| e.port == a.port).collect();
+        let udp = mine.iter().any(|e| e.proto == Some(Proto::Udp));
         let protos: &[Proto] = if udp { &[Proto::Tcp, Proto::Udp] } else { &[Proto::Tcp] };
         for &proto in protos {
             let backends = limit::order(
                 mine.iter()
                     .filter(|e| {
-                        e.record.proto.unwrap_or(Proto::Tcp) == proto
-                            || (udp && e.record.proto.is_none())
+                        e.proto.unwrap_or(Proto::Tcp) == proto || (udp && e.proto.is_none())
                     })
-                    .map(|e| (e.addr(), endpoints.revision(&e.key.to_key())))
+                    .map(|e| (e.addr, e.revision))
                     .filter(|(b, _)| b.is_ipv4() == ambassador.is_ipv4() || ambassador.is_ipv6()),
             );
             out.push(ServiceSpec {
@@ -97,9 +96,9 @@ pub fn vip_desired(vip: &Vip, endpoints: &Endpoints) -> Vec<ServiceSpec> {
             let backends = limit::order(
                 endpoints
                     .of_service(&service)
-                    .filter(|e| e.key.port == p.port)
-                    .filter(|e| e.record.proto.unwrap_or(p.proto) == p.proto)
-                    .map(|e| (e.addr(), endpoints.revision(&e.key.to_key())))
+                    .filter(|e| e.port == p.port)
+                    .filter(|e| e.proto.unwrap_or(p.proto) == p.proto)
+                    .map(|e| (e.addr, e.revision))
                     .filter(|(b, _)| b.is_ipv4()),
             );
             ServiceSpec {
@@ -337,7 +336,8 @@ struct Dirty {
     embassy: bool,
 }
 
-/// What the loop knows of the store, and what its last pass wanted.
+/// What the loop knows of the store, and what its last pass wanted (the frontends only: the
+/// specs themselves are kept once, by the `Programmer`, as applied).
 #[derive(Default)]
 struct View {
     allocations: BTreeMap<String, PortAllocation>,
@@ -346,21 +346,27 @@ struct View {
     endpoints: Endpoints,
     dirty: Dirty,
     /// The ambassador-port and VIP services last wanted, by service name.
-    ambassador: BTreeMap<String, Vec<ServiceSpec>>,
+    ambassador: BTreeMap<String, Vec<Frontend>>,
     /// The netns-scoped services last wanted.
-    embassy: Vec<ServiceSpec>,
+    embassy: Vec<Frontend>,
 }
 
 /// `changes` gets every frontend of `old` that `new` no longer has (as not wanted) and every
-/// spec of `new`.
+/// spec of `new`; returns the frontends of `new`.
 fn diff_into(
     changes: &mut Vec<(Frontend, Option<ServiceSpec>)>,
-    old: &[ServiceSpec],
-    new: &[ServiceSpec],
-) {
-    let keep: BTreeSet<Frontend> = new.iter().map(|s| s.frontend).collect();
-    changes.extend(old.iter().filter(|s| !keep.contains(&s.frontend)).map(|s| (s.frontend, None)));
-    changes.extend(new.iter().map(|s| (s.frontend, Some(s.clone()))));
+    old: &[Frontend],
+    new: Vec<ServiceSpec>,
+) -> Vec<Frontend> {
+    let now: Vec<Frontend> = new.iter().map(|s| s.frontend).collect();
+    let keep: BTreeSet<&Frontend> = now.iter().collect();
+    changes.extend(old.iter().filter(|f| !keep.contains(f)).map(|f| (*f, None)));
+    changes.extend(new.into_iter().map(|s| (s.frontend, Some(s))));
+    now
+}
+
+fn frontends(specs: &[ServiceSpec]) -> Vec<Frontend> {
+    specs.iter().map(|s| s.frontend).collect()
 }
 
 impl View {
@@ -395,7 +401,7 @@ impl View {
             }
         };
         if let Some(old) = old {
-            self.dirty.services.insert(old.key.service);
+            self.dirty.services.insert(old.service().to_owned());
         }
     }
 
@@ -469,7 +475,7 @@ impl View {
             WatchEvent::Delete { key, .. } => {
                 self.dirty.embassy = true;
                 if let Some(old) = self.endpoints.remove(&key) {
-                    self.dirty.services.insert(old.key.service);
+                    self.dirty.services.insert(old.service().to_owned());
                 }
             }
             WatchEvent::Resync { kvs, .. } => {
@@ -522,38 +528,38 @@ impl View {
             for s in self.vips.keys() {
                 by_service.entry(s.as_str()).or_default();
             }
-            let wanted: BTreeMap<String, Vec<ServiceSpec>> = by_service
-                .into_iter()
-                .map(|(s, a)| {
-                    let mut specs = desired(&a, &self.endpoints, ambassador);
-                    if let Some(v) = self.vips.get(s) {
-                        specs.extend(vip_desired(v, &self.endpoints));
-                    }
-                    (s.to_owned(), specs)
-                })
-                .filter(|(_, specs)| !specs.is_empty())
-                .collect();
+            let mut want = Vec::new();
+            let mut wanted = BTreeMap::new();
+            for (s, a) in by_service {
+                let mut specs = desired(&a, &self.endpoints, ambassador);
+                if let Some(v) = self.vips.get(s) {
+                    specs.extend(vip_desired(v, &self.endpoints));
+                }
+                if specs.is_empty() {
+                    continue;
+                }
+                wanted.insert(s.to_owned(), frontends(&specs));
+                want.extend(specs);
+            }
             self.ambassador = wanted;
             let (scoped, problems) = embassy::desired(containers, &self.endpoints, algo);
-            self.embassy = scoped;
-            let want: Vec<ServiceSpec> =
-                self.ambassador.values().flatten().chain(&self.embassy).cloned().collect();
+            self.embassy = frontends(&scoped);
+            want.extend(scoped);
             return (programmer.program(table, want), Some(problems));
         }
         let mut changes = Vec::new();
         for service in &dirty.services {
             let new = self.ambassador_specs(service, ambassador);
             let old = self.ambassador.remove(service).unwrap_or_default();
-            diff_into(&mut changes, &old, &new);
-            if !new.is_empty() {
-                self.ambassador.insert(service.clone(), new);
+            let now = diff_into(&mut changes, &old, new);
+            if !now.is_empty() {
+                self.ambassador.insert(service.clone(), now);
             }
         }
         let mut problems = None;
         if dirty.embassy {
             let (scoped, p) = embassy::desired(containers, &self.endpoints, algo);
-            diff_into(&mut changes, &self.embassy, &scoped);
-            self.embassy = scoped;
+            self.embassy = diff_into(&mut changes, &self.embassy, scoped);
             problems = Some(p);
         }
         (programmer.patch(table, changes), problems)
@@ -619,6 +625,10 @@ pub async fn run_reporting<S: Store>(
                 view.pass(&current, ambassador, algo, &mut programmer, &mut datapath.table);
             if let Some(problems) = problems {
                 reported.report(problems);
+            }
+            if done.full {
+                // The listing a full pass starts from is garbage now.
+                crate::memory::give_back();
             }
             retry_at = (done.failed > 0).then(|| Instant::now() + RETRY);
             if done.failed == 0 {

@@ -22,11 +22,10 @@ use viking::{
 };
 use viking_tests::{agent::AgentProc, etcd::Etcd, probe::Conn, probe_bin};
 
-/// Jobs that never run (no host has their tag): their ports are allocated, their
-/// registrations are the test's.
-const STACK: &str = "web:\n  type: job\n  command: sleep 1000\n  ports:\n    - 80\n  tags:\n    - nowhere\n\
-empty:\n  type: job\n  command: sleep 1000\n  ports:\n    - 80\n  tags:\n    - nowhere\n\
-client:\n  type: job\n  command: sleep 1000\n  tags:\n    - nowhere\n  link:\n    - web\n    - empty\n";
+/// Jobs no host can run (a host tag nobody has): their ports are allocated, nothing registers.
+const STACK: &str = "web:\n  type: job\n  command: sleep 1000\n  ports:\n    - 80\n  filter:\n    - nowhere\n\
+empty:\n  type: job\n  command: sleep 1000\n  ports:\n    - 80\n  filter:\n    - nowhere\n\
+client:\n  type: job\n  command: sleep 1000\n  filter:\n    - nowhere\n  link:\n    - web\n    - empty\n";
 
 fn registration(i: u32, port: u16) -> (String, String) {
     (
@@ -166,11 +165,19 @@ async fn metrics_move_with_traffic_parse_and_ready_waits_for_the_first_sync() {
     store.put(&keep.0, keep.1.into_bytes(), None).await.unwrap();
     loop {
         let (code, body) = ready(&agent).await;
-        if code == 200 && value(&scrape(&agent).await, &backends) == 1.0 {
+        let programmed = value(&scrape(&agent).await, &backends);
+        if code == 200 && programmed == 1.0 {
             assert_eq!(body["ready"], true);
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "not ready: {body}\n{}", agent.log());
+        if t.elapsed() > Duration::from_secs(20) {
+            let keys: Vec<String> =
+                store.list("/services/").await.unwrap().kvs.into_iter().map(|kv| kv.key).collect();
+            panic!(
+                "not ready or {programmed} backends programmed (registered: {keys:?}): {body}\n{}",
+                agent.log()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("ready {:.1?} after the store's view became programmable", t.elapsed());
