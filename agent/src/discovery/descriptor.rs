@@ -14,7 +14,7 @@
 //! `;balance=least_conn` (random, round_robin, least_conn; round robin when left out).
 use std::fmt;
 
-use super::{endpoints::Known, registration::PREFIX};
+use super::registration::PREFIX;
 use crate::datapath::{Algo, Proto};
 
 pub const ENV_PREFIX: &str = "BACKEND_";
@@ -154,18 +154,6 @@ impl Descriptor {
             }
         }
         (good, bad)
-    }
-
-    /// Whether a registration is one of this descriptor's endpoints.
-    pub fn matches(&self, e: &Known) -> bool {
-        let under = match &self.service {
-            ServiceRef::Name(n) => e.service() == n,
-            ServiceRef::Path(p) => {
-                e.key.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
-            }
-        };
-        let proto_ok = e.proto.is_none_or(|p| p == self.proto);
-        under && proto_ok && self.tags.iter().all(|t| e.tags.contains(t))
     }
 }
 

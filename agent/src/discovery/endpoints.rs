@@ -60,6 +60,20 @@ impl Known {
     }
 }
 
+impl Known {
+    /// Whether this registration is one of a descriptor's endpoints.
+    pub fn named_by(&self, d: &Descriptor) -> bool {
+        let under = match &d.service {
+            ServiceRef::Name(n) => self.service() == n,
+            ServiceRef::Path(p) => {
+                self.key.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            }
+        };
+        let proto_ok = self.proto.is_none_or(|p| p == d.proto);
+        under && proto_ok && d.tags.iter().all(|t| self.tags.contains(t))
+    }
+}
+
 /// The registrations the loop knows, by store key and by service.
 #[derive(Debug, Default)]
 pub struct Endpoints {
@@ -132,7 +146,7 @@ impl Endpoints {
         d: &'a Descriptor,
     ) -> Box<dyn Iterator<Item = &'a Known> + 'a> {
         match &d.service {
-            ServiceRef::Name(n) => Box::new(self.of_service(n).filter(|e| d.matches(e))),
+            ServiceRef::Name(n) => Box::new(self.of_service(n).filter(|e| e.named_by(d))),
             ServiceRef::Path(p) => {
                 let from = format!("{p}/");
                 Box::new(
@@ -140,7 +154,7 @@ impl Endpoints {
                         .range::<str, _>((Bound::Included(from.as_str()), Bound::Unbounded))
                         .take_while(move |(k, _)| k.starts_with(&from))
                         .map(|(_, e)| e)
-                        .filter(|e| d.matches(e)),
+                        .filter(|e| e.named_by(d)),
                 )
             }
         }
