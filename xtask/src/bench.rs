@@ -1,4 +1,4 @@
-//! `cargo xtask bench datapath|discovery|agent|overlay|vpc [--json FILE] [--svg DIR] [--quick]`: setup,
+//! `cargo xtask bench datapath|discovery|agent|overlay|vpc|dns [--json FILE] [--svg DIR] [--quick]`: setup,
 //! build, then the
 //! benchmark binary (tests/src/bin/vk-bench.rs), as root. Results: docs/benchmarks.md.
 use std::{path::PathBuf, process::Command};
@@ -16,8 +16,8 @@ pub fn run(
     svg: Option<PathBuf>,
     quick: bool,
 ) -> anyhow::Result<()> {
-    if !["datapath", "discovery", "agent", "overlay", "vpc"].contains(&which) {
-        bail!("unknown benchmark {which:?} (there are: datapath, discovery, agent, overlay, vpc)");
+    if !["datapath", "discovery", "agent", "overlay", "vpc", "dns"].contains(&which) {
+        bail!("unknown benchmark {which:?} (there are: datapath, discovery, agent, overlay, vpc, dns)");
     }
     if !is_root() {
         bail!(
@@ -56,6 +56,7 @@ pub fn run(
         "agent" => Step::new(2, 2, "bench agent (under a minute)"),
         "overlay" => Step::new(2, 2, "bench overlay (about two minutes; --quick: under a minute)"),
         "vpc" => Step::new(2, 2, "bench vpc (about two minutes; --quick: under a minute)"),
+        "dns" => Step::new(2, 2, "bench dns (under a minute)"),
         _ => Step::new(2, 2, "bench datapath (a few minutes; --quick: under a minute)"),
     };
     let mut cmd = Command::new("cargo");

@@ -42,7 +42,7 @@ enum Command {
         /// Which benchmark: datapath, discovery (store change -> datapath latency), agent
         /// (memory and cold start with 10k services), overlay (instance to instance across
         /// routed hosts against the underlay), vpc (the host filter against no filter and
-        /// nftables).
+        /// nftables), dns (the DNS responder against dnsmasq).
         which: String,
         /// Also write the results as JSON to FILE.
         #[arg(long, value_name = "FILE")]

@@ -29,6 +29,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iptables",
     // The VPC benchmark's baseline: the nftables ruleset a user would write instead.
     "nftables",
+    "dnsmasq-base",
     "bpftool",
     // The etcd TLS test makes its certificates with the openssl CLI.
     "openssl",

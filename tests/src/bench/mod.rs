@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod client;
 pub mod discovery;
+pub mod dns;
 pub mod failover;
 pub mod hooks;
 pub mod overlay;

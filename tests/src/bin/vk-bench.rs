@@ -6,6 +6,7 @@
 //!   vk-bench overlay [--json FILE] [--quick]    overlay vs underlay (bench::overlay)
 //!   vk-bench plot FILE.json DIR                  draw a saved run's charts (SVG) again
 //!   vk-bench vpc [--json FILE] [--quick]        the VPC filter against none and nftables
+//!   vk-bench dns [--json FILE] [--quick]        the DNS responder against dnsmasq
 //!   vk-bench synburst SRC DST PORT COUNT         raw TCP SYNs (bench::vpc's outsider)
 //!   vk-bench cps ADDR SECS THREADS               connection loop; prints one JSON line
 //!   vk-bench latency ADDR SAMPLES                connect() timings; prints one JSON line
@@ -25,6 +26,7 @@ const USAGE: &str = "usage: vk-bench datapath [--json FILE] [--svg DIR] [--quick
        vk-bench overlay [--json FILE] [--quick]
        vk-bench plot FILE.json DIR
        vk-bench vpc [--json FILE] [--quick]
+       vk-bench dns [--json FILE] [--quick]
        vk-bench synburst SRC DST PORT COUNT
        vk-bench cps ADDR SECS THREADS
        vk-bench latency ADDR SAMPLES
@@ -46,7 +48,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         args.get(i).map(String::as_str).with_context(|| format!("missing {what}\n{USAGE}"))
     };
     match args.first().map(String::as_str) {
-        Some(which @ ("datapath" | "discovery" | "agent" | "overlay" | "vpc")) => {
+        Some(which @ ("datapath" | "discovery" | "agent" | "overlay" | "vpc" | "dns")) => {
             let mut opts = bench::Options::default();
             let mut rest = args[1..].iter();
             while let Some(a) = rest.next() {
@@ -66,6 +68,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                 "agent" => bench::agent::run(&opts),
                 "overlay" => bench::overlay::run(&opts),
                 "vpc" => bench::vpc::run(&opts),
+                "dns" => bench::dns::run(&opts),
                 _ => bench::discovery::run(&opts),
             }
         }
