@@ -171,15 +171,7 @@ fn registration(i: usize, j: usize) -> (String, Vec<u8>) {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("vk-bench agent needs root (cgroups, eBPF)");
-    }
-    super::catch_interrupts()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = super::prepare("agent", "cgroups, eBPF", 2)?;
     let plan = Plan {
         services: if opts.quick { 2_000 } else { 10_000 },
         backends_per_service: 4,

@@ -188,15 +188,7 @@ fn poller(
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("vk-bench discovery needs root (cgroups, eBPF)");
-    }
-    super::catch_interrupts()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = super::prepare("discovery", "cgroups, eBPF", 2)?;
     let report = rt.block_on(measure(Plan::new(opts.quick), opts.quick))?;
     report.print();
     if let Some(path) = &opts.json {

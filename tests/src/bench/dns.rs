@@ -200,10 +200,7 @@ fn wait_answering(ns: &NetNs, server: Ipv4Addr, name: String) -> anyhow::Result<
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("vk-bench dns needs root (a network namespace of its own)");
-    }
-    super::catch_interrupts()?;
+    let rt = super::prepare("dns", "a network namespace of its own", 1)?;
     let which = Command::new("dnsmasq").arg("--version").output();
     if !which.is_ok_and(|o| o.status.success()) {
         bail!("dnsmasq is not installed (cargo xtask setup installs dnsmasq-base)");
@@ -240,11 +237,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .arg(format!("--addn-hosts={}", hosts_file.display()));
     let _dnsmasq = ChildGuard::spawn(dnsmasq);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
     let (stop_tx, stop) = watch::channel(false);
     let (_zone_tx, zone_rx) = watch::channel(Arc::new(zone));
     let listen = SocketAddr::from((VIKING, 53));

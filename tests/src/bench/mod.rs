@@ -110,6 +110,24 @@ impl Plan {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// What every benchmark does first: refuses to run without root (saying what `needs` it),
+/// catches interrupts (below) and makes a tokio runtime of `workers` threads.
+pub(crate) fn prepare(
+    which: &str,
+    needs: &str,
+    workers: usize,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("vk-bench {which} needs root ({needs})");
+    }
+    catch_interrupts()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("tokio runtime: {e}"))
+}
+
 /// Turns SIGINT, SIGTERM and SIGHUP into an error at the next measurement, so that the Drop
 /// guards remove the namespaces, cgroups, pins and processes. Call before any thread starts:
 /// threads inherit the blocked mask (and std resets it in spawned commands).

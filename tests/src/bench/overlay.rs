@@ -119,15 +119,7 @@ pub struct OverlayReport {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("vk-bench overlay needs root (network namespaces, cgroups, eBPF)");
-    }
-    super::catch_interrupts()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = super::prepare("overlay", "network namespaces, cgroups, eBPF", 2)?;
     let report = rt.block_on(measure(Plan::new(opts.quick), opts.quick))?;
     print(&report);
     if let Some(path) = &opts.json {

@@ -451,15 +451,7 @@ fn step(what: &str) {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("vk-bench vpc needs root (network namespaces, eBPF, nftables)");
-    }
-    super::catch_interrupts()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = super::prepare("vpc", "network namespaces, eBPF, nftables", 1)?;
     rt.block_on(run_async(opts))
 }
 
