@@ -372,8 +372,13 @@ enum ServiceCmd {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // NB: before the runtime's threads exist, so that they share one arena.
+    viking::memory::tune();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     viking::logging::init(cli.log_json)?;
     match cli.command {

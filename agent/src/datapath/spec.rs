@@ -140,7 +140,7 @@ impl fmt::Display for Frontend {
 }
 
 /// A service as the agent programs it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceSpec {
     pub name: String,
     pub frontend: Frontend,
@@ -159,7 +159,7 @@ pub struct ServiceSpec {
 /// Passive health of a service's backends: after `after` failed connects in a row a backend
 /// is ejected for `backoff_ms`, twice as long each time it fails again, at most
 /// `max_backoff_ms`; its first successful connect brings it back. `after == 0`: never.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Ejection {
     pub after: u32,

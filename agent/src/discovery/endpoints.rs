@@ -1,7 +1,7 @@
 //! The registrations a host knows, indexed by store key and by service: what discovery's
 //! loop (`sync`) and embassy's descriptors (`embassy`) select backends from.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     ops::{Bound, Range},
     sync::Arc,
@@ -78,10 +78,36 @@ impl Known {
 #[derive(Debug, Default)]
 pub struct Endpoints {
     by_key: BTreeMap<Arc<str>, Known>,
-    by_service: HashMap<Box<str>, BTreeSet<Arc<str>>>,
+    /// The keys of each service, in key order. NB: a sorted `Vec`, not a set: a service has a
+    /// handful of registrations, and a set's node holds eleven.
+    by_service: HashMap<Box<str>, Vec<Arc<str>>>,
 }
 
 impl Endpoints {
+    /// The registrations of a whole listing (each with the revision it was written at), built
+    /// in one go: the tree's nodes come out full where inserts one by one in key order leave
+    /// each about half empty, and each record can be dropped as soon as it is read.
+    pub fn build(all: impl IntoIterator<Item = (Endpoint, i64)>) -> Self {
+        let by_key: BTreeMap<Arc<str>, Known> = all
+            .into_iter()
+            .map(|(e, revision)| {
+                let known = Known::of(e, revision);
+                (known.key.clone(), known)
+            })
+            .collect();
+        let mut by_service: HashMap<Box<str>, Vec<Arc<str>>> = HashMap::new();
+        for known in by_key.values() {
+            match by_service.get_mut(known.service()) {
+                Some(keys) => keys.push(known.key.clone()),
+                None => {
+                    by_service.insert(known.service().into(), vec![known.key.clone()]);
+                }
+            }
+        }
+        by_service.values_mut().for_each(Vec::shrink_to_fit);
+        Self { by_key, by_service }
+    }
+
     /// Adds or replaces a registration; returns the one it replaced.
     pub fn insert(&mut self, e: Endpoint) -> Option<Known> {
         self.insert_at(e, 0)
@@ -94,11 +120,12 @@ impl Endpoints {
         let old = self.remove(&known.key);
         match self.by_service.get_mut(known.service()) {
             Some(keys) => {
-                keys.insert(known.key.clone());
+                if let Err(at) = keys.binary_search(&known.key) {
+                    keys.insert(at, known.key.clone());
+                }
             }
             None => {
-                let keys = BTreeSet::from([known.key.clone()]);
-                self.by_service.insert(known.service().into(), keys);
+                self.by_service.insert(known.service().into(), vec![known.key.clone()]);
             }
         }
         self.by_key.insert(known.key.clone(), known);
@@ -114,7 +141,9 @@ impl Endpoints {
     pub fn remove(&mut self, key: &str) -> Option<Known> {
         let old = self.by_key.remove(key)?;
         if let Some(keys) = self.by_service.get_mut(old.service()) {
-            keys.remove(key);
+            if let Ok(at) = keys.binary_search_by(|k| (**k).cmp(key)) {
+                keys.remove(at);
+            }
             if keys.is_empty() {
                 self.by_service.remove(old.service());
             }

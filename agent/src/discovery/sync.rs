@@ -134,7 +134,9 @@ pub struct Applied {
 pub struct Programmer {
     ambassador: IpAddr,
     range: PortRange,
-    applied: BTreeMap<Frontend, ServiceSpec>,
+    /// What was last applied to each frontend, as a digest of its spec (`digest`): all the
+    /// diff asks is whether a spec differs, and 10,000 specs kept whole cost megabytes.
+    applied: BTreeMap<Frontend, u64>,
     /// The VIP range: entries on its addresses (netns 0) are the loop's.
     vips: Option<ipnetwork::Ipv4Network>,
     /// The services at the per-service backend limit, and how many backends each leaves out.
@@ -247,11 +249,12 @@ impl Programmer {
                 }
             }
         }
+        let mut applied = Vec::with_capacity(want.len());
         for (f, spec) in want {
             match self.install(table, &spec) {
                 Ok(()) => {
                     done.upserted += 1;
-                    self.applied.insert(f, spec);
+                    applied.push((f, digest(&spec)));
                 }
                 Err(e) => {
                     tracing::warn!(service = %spec.name, frontend = %f, error = %e, "programming a service");
@@ -259,6 +262,8 @@ impl Programmer {
                 }
             }
         }
+        // NB: built in one go, in frontend order: full nodes (`store::mirror` says why).
+        self.applied = applied.into_iter().collect();
         self.full = done.failed > 0;
         done
     }
@@ -298,18 +303,20 @@ impl Programmer {
                     }
                 },
                 None => {}
-                Some(spec) if self.applied.get(&f) == Some(&spec) => {}
-                Some(spec) => match self.install(table, &spec) {
-                    Ok(()) => {
-                        done.upserted += 1;
-                        self.applied.insert(f, spec);
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = %spec.name, frontend = %f, error = %e, "programming a service");
-                        // NB: what the table holds for it is now unknown.
-                        self.applied.remove(&f);
-                        done.failed += 1;
-                    }
+                Some(spec) => match digest(&spec) {
+                    d if self.applied.get(&f) == Some(&d) => {}
+                    d => match self.install(table, &spec) {
+                        Ok(()) => {
+                            done.upserted += 1;
+                            self.applied.insert(f, d);
+                        }
+                        Err(e) => {
+                            tracing::warn!(service = %spec.name, frontend = %f, error = %e, "programming a service");
+                            // NB: what the table holds for it is now unknown.
+                            self.applied.remove(&f);
+                            done.failed += 1;
+                        }
+                    },
                 },
             }
         }
@@ -325,6 +332,17 @@ impl Programmer {
     }
 }
 
+/// A 64-bit digest of a spec (the standard hasher with its fixed keys: the same for the same
+/// spec within the process, which is all it is compared in). NB: two different specs with
+/// the same digest would pass for equal and the second not be programmed; at 2^-64 per
+/// change this is accepted, as for registrations (`registrator::digest`).
+fn digest(spec: &ServiceSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    spec.hash(&mut h);
+    h.finish()
+}
+
 /// What changed since the last pass.
 #[derive(Debug, Default)]
 struct Dirty {
@@ -336,8 +354,8 @@ struct Dirty {
     embassy: bool,
 }
 
-/// What the loop knows of the store, and what its last pass wanted (the frontends only: the
-/// specs themselves are kept once, by the `Programmer`, as applied).
+/// What the loop knows of the store, and what its last pass wanted (the frontends only: of
+/// the specs the `Programmer` keeps a digest each, as applied).
 #[derive(Default)]
 struct View {
     allocations: BTreeMap<String, PortAllocation>,
@@ -415,10 +433,11 @@ impl View {
                 }
             }
             WatchEvent::Resync { kvs, .. } => {
-                self.allocations.clear();
-                for kv in &kvs {
-                    self.put_allocation(kv);
-                }
+                // NB: built in one go: full nodes (`store::mirror` says why).
+                self.allocations = kvs
+                    .into_iter()
+                    .filter_map(|kv| Some((kv.key.clone(), Self::allocation(&kv)?)))
+                    .collect();
                 self.dirty.all = true;
                 return true;
             }
@@ -479,10 +498,16 @@ impl View {
                 }
             }
             WatchEvent::Resync { kvs, .. } => {
-                self.endpoints.clear();
-                for kv in &kvs {
-                    self.put_registration(kv);
-                }
+                self.dirty.embassy = true;
+                self.endpoints = Endpoints::build(kvs.into_iter().filter_map(|kv| {
+                    match Endpoint::parse(&kv.key, &kv.value) {
+                        Ok(e) => Some((e, kv.mod_revision)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignoring a registration");
+                            None
+                        }
+                    }
+                }));
                 self.dirty.all = true;
                 return true;
             }
@@ -529,7 +554,7 @@ impl View {
                 by_service.entry(s.as_str()).or_default();
             }
             let mut want = Vec::new();
-            let mut wanted = BTreeMap::new();
+            let mut wanted = Vec::new();
             for (s, a) in by_service {
                 let mut specs = desired(&a, &self.endpoints, ambassador);
                 if let Some(v) = self.vips.get(s) {
@@ -538,10 +563,11 @@ impl View {
                 if specs.is_empty() {
                     continue;
                 }
-                wanted.insert(s.to_owned(), frontends(&specs));
+                wanted.push((s.to_owned(), frontends(&specs)));
                 want.extend(specs);
             }
-            self.ambassador = wanted;
+            // NB: built in one go, in service order: full nodes (`store::mirror` says why).
+            self.ambassador = wanted.into_iter().collect();
             let (scoped, problems) = embassy::desired(containers, &self.endpoints, algo);
             self.embassy = frontends(&scoped);
             want.extend(scoped);
