@@ -76,6 +76,7 @@ impl Datapath {
         table.set_legacy(legacy)?;
         table.set_sweep_cgroup(config.cgroup.clone());
         programs::attach_all(&mut ebpf, &config.cgroup, &links)?;
+        programs::attach_tracepoints(&mut ebpf, &links)?;
         programs::attach_iterators(&mut ebpf, can_end_sockets, &links)?;
         let orphans = table.collect_orphans()?;
         tracing::info!(
