@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use viking_common::{RevNatKey, RevNatValue, SockBackend};
 
 pub use error::DatapathError;
+/// How many programs the agent attaches (their links pinned under `<bpffs>/links/`).
+pub const PROGRAMS: usize = programs::ALL.len();
 pub use health::Health;
 pub use spec::{check_backend, Algo, Ejection, Frontend, Proto, ServiceSpec};
 pub use table::{BackendStatus, EndedSockets, ServiceStatus, ServiceTable, GRACE};
