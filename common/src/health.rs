@@ -33,7 +33,7 @@ pub struct SockState {
 pub mod sock {
     /// A connected socket (TCP, connected UDP): `addr`/`port` are its backend.
     pub const CONNECTED: u32 = 1;
-    /// Counted in `BACKEND_ACTIVE` (established, not yet closed).
+    /// Counted in `BACKEND_ACTIVE` (connected, not yet closed).
     pub const COUNTED: u32 = 2;
     /// Its connect failed and was counted against the backend (once per socket).
     pub const FAILED: u32 = 4;
@@ -128,6 +128,13 @@ pub mod ended {
 
 /// Number of entries of `PORTS` (one per port: how many services listen on it).
 pub const PORT_SLOTS: u32 = 65_536;
+
+/// Offset of `skc_state` (the TCP state, one byte) in `struct sock_common`, at the start of
+/// every `struct sock`: after the address pair (8 bytes), the hash (4) and the port pair (4)
+/// and the family (2), on every kernel since 2.6. NB: a fixed offset because aya's Rust
+/// programs cannot be relocated against the kernel's BTF (no CO-RE); the tests that eject a
+/// backend refusing connects would fail if it moved.
+pub const SKC_STATE_OFFSET: usize = 18;
 
 /// Marker `call` instruction the socket iterators emit for the kernel function
 /// `bpf_sock_destroy`: `code` 0x85 (call), `src_reg` 2 (a kernel function), imm 0x7ead5de5.

@@ -62,8 +62,17 @@ pub mod programs {
     pub const RECVMSG6: &str = "recvmsg6";
     pub const GETPEERNAME4: &str = "getpeername4";
     pub const GETPEERNAME6: &str = "getpeername6";
-    // NB: not "sockops": that is the ELF section name, and the symbol would clash with it.
-    pub const SOCKOPS: &str = "viking_sockops";
+    /// cgroup/sock_release: a redirected socket leaves its backend's count; its connect's
+    /// outcome is judged if the kernel's TCP did not judge it before.
+    pub const RELEASE: &str = "viking_release";
+    /// BTF tracepoints that see a redirected connect fail (host-wide, rare events only).
+    pub const SYN_RESET: &str = "syn_reset";
+    pub const SYN_RETRANSMIT: &str = "syn_retransmit";
+    /// The tracepoint each of those attaches to.
+    pub const TRACEPOINTS: [(&str, &str); 2] =
+        [(SYN_RESET, "tcp_receive_reset"), (SYN_RETRANSMIT, "tcp_retransmit_skb")];
+    /// The sock_ops program of agents before the release hook: its pinned link is removed.
+    pub const OLD_SOCKOPS: &str = "viking_sockops";
     /// Socket iterators that end sockets pinned to a backend that left (bpf_sock_destroy).
     pub const END_UDP: &str = "end_udp";
     pub const END_TCP: &str = "end_tcp";

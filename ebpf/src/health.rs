@@ -3,11 +3,12 @@
 //! on its first success. All in the kernel, decided on the socket's own callbacks.
 //!
 //! Selection reads `BACKEND_HEALTH` (an inlined array load; the clock only when the backend
-//! was ejected). sock_ops reports each redirected socket's outcome once: `failed` (RST to the
-//! SYN, SYN retransmission timeout, closed before established) or `succeeded`.
+//! was ejected). Each redirected TCP socket's outcome is reported once: `failed` by the
+//! kernel's TCP events (outcome.rs: RST to the SYN, SYN retransmitted, ICMP error while
+//! connecting) or by its release while still connecting, else `succeeded` at its release.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use viking_common::{sock, BackendHealth, HealthConfig, SockState, PROBE_NS};
 
 use crate::maps::{BACKEND_HEALTH, HEALTH_CONFIG, SERVICE_HEALTH};
@@ -19,25 +20,43 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Whether new connections may go to backend `id` at `now`: in rotation, or its ejection is
-/// over and no probe is out. Does not claim the probe (see `claim`).
+/// CLOCK_MONOTONIC, precise: for tracing programs, which may not read the coarse clock. The
+/// two differ by less than a tick, which an ejection's length does not notice.
 #[inline(always)]
-pub fn eligible(id: u32, now: u64) -> bool {
+pub fn precise_now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Whether new connections may go to backend `id`: in rotation, or its ejection is over and
+/// no probe is out. Does not claim the probe (see `claim`). `now` is read from the clock only
+/// for a backend that was ejected (0 until then), once per selection.
+#[inline(always)]
+pub fn eligible(id: u32, now: &mut u64) -> bool {
     let Some(h) = BACKEND_HEALTH.get(id) else {
         return true;
     };
-    h.until_ns == 0 || (now >= h.until_ns && now >= h.probe_ns)
+    if h.until_ns == 0 {
+        return true;
+    }
+    if *now == 0 {
+        *now = self::now();
+    }
+    *now >= h.until_ns && *now >= h.probe_ns
 }
 
 /// Called for the backend chosen: if its ejection just ended, this connect is the probe, and
 /// the others keep away from it until the probe has had time to answer.
 #[inline(always)]
-pub fn claim(id: u32, now: u64) {
+pub fn claim(id: u32, now: &mut u64) {
     if let Some(h) = BACKEND_HEALTH.get_ptr_mut(id) {
         // SAFETY: an array slot; racing writers at worst let two probes through.
         unsafe {
             if (*h).until_ns != 0 {
-                (*h).probe_ns = now + PROBE_NS;
+                if *now == 0 {
+                    *now = self::now();
+                }
+                (*h).probe_ns = *now + PROBE_NS;
             }
         }
     }
@@ -49,7 +68,9 @@ pub fn gen(id: u32) -> u32 {
     BACKEND_HEALTH.get(id).map_or(0, |h| h.gen)
 }
 
-/// The socket's connect succeeded: its backend is healthy again.
+/// The socket's connect succeeded (known at its release): its backend is healthy again,
+/// if the socket was sent within the backend's current ejection generation (a connection
+/// from before an ejection that closes now says nothing about the backend now).
 #[inline(always)]
 pub fn succeeded(st: &mut SockState) {
     st.flags |= sock::ESTABLISHED;
@@ -58,6 +79,9 @@ pub fn succeeded(st: &mut SockState) {
     };
     // SAFETY: an array slot; plain stores (see `failed` on races).
     let h = unsafe { &mut *h };
+    if h.gen != st.gen {
+        return;
+    }
     // NB: only written when there is something to clear, so that healthy backends' cache
     // lines are not bounced between CPUs on every connection.
     if h.fails != 0 || h.level != 0 || h.until_ns != 0 {
@@ -70,8 +94,9 @@ pub fn succeeded(st: &mut SockState) {
 
 /// The socket's connect failed. Counted once per socket, and against the backend only within
 /// the ejection generation it was sent in (sockets sent before an ejection do not extend it).
+/// `clock` is `now` or, in tracing programs, `precise_now`.
 #[inline(always)]
-pub fn failed(st: &mut SockState) {
+pub fn failed(st: &mut SockState, clock: fn() -> u64) {
     if st.flags & (sock::FAILED | sock::ESTABLISHED) != 0 {
         return;
     }
@@ -94,7 +119,7 @@ pub fn failed(st: &mut SockState) {
     if cfg.after == 0 || h.gen != st.gen {
         return;
     }
-    let now = now();
+    let now = clock();
     if h.level > 0 {
         // Ejected before and not back yet: a failure after the ejection ended (the probe)
         // sends it out again for twice as long. One while it was still ejected (every backend

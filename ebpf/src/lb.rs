@@ -103,12 +103,13 @@ fn pick(svc: &ServiceValue) -> Option<Backend> {
         }
         _ => rand() % count,
     };
-    let now = health::now();
+    // The clock, read only if a backend looked at was ejected.
+    let mut now = 0;
     if svc.algo != algo::LEAST_CONN {
-        // The usual case: the algorithm's choice is in rotation; no scan.
+        // The usual case: the algorithm's choice is in rotation; no scan, no clock.
         let first = backend(svc.set, start)?;
-        if health::eligible(first.id, now) {
-            health::claim(first.id, now);
+        if health::eligible(first.id, &mut now) {
+            health::claim(first.id, &mut now);
             return Some(first);
         }
     }
@@ -132,7 +133,7 @@ fn pick(svc: &ServiceValue) -> Option<Backend> {
     }
     let b = backend(svc.set, scan.best_slot)?;
     if scan.best_score & EJECTED == 0 {
-        health::claim(b.id, scan.now);
+        health::claim(b.id, &mut scan.now);
     }
     Some(b)
 }
@@ -165,7 +166,7 @@ extern "C" fn scan_slot(i: u64, ctx: *mut c_void) -> i64 {
     let Some(b) = backend(s.set, slot) else {
         return 0;
     };
-    let eligible = health::eligible(b.id, s.now);
+    let eligible = health::eligible(b.id, &mut s.now);
     let mut score = if s.least != 0 {
         BACKEND_ACTIVE.get(b.id).copied().unwrap_or(0)
     } else if i == 0 {
@@ -181,6 +182,15 @@ extern "C" fn scan_slot(i: u64, ctx: *mut c_void) -> i64 {
         s.best_slot = slot;
     }
     i64::from(s.least == 0 && i == 0 && eligible)
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` is -1) to the open connections of backend `id`.
+#[inline(always)]
+pub fn active(id: u32, delta: u64) {
+    if let Some(p) = BACKEND_ACTIVE.get_ptr_mut(id) {
+        // SAFETY: an array slot shared by all CPUs.
+        health::add(unsafe { &mut *p }, delta);
+    }
 }
 
 #[inline(always)]

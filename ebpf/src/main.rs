@@ -10,13 +10,14 @@
 mod health;
 mod lb;
 mod maps;
+mod outcome;
+mod release;
 mod sock_addr;
-mod sock_ops;
 mod stale;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr},
+    programs::{BtfTracePointContext, SockAddrContext, SockContext},
 };
 use sock_addr::{try_connect, try_restore, try_sendmsg, Family, ALLOW};
 
@@ -60,9 +61,19 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     try_restore(&ctx, Family::V6).unwrap_or(ALLOW)
 }
 
-#[sock_ops]
-pub fn viking_sockops(ctx: SockOpsContext) -> u32 {
-    sock_ops::try_sockops(&ctx).unwrap_or(1)
+#[cgroup_sock(sock_release)]
+pub fn viking_release(ctx: SockContext) -> i32 {
+    release::try_release(&ctx).unwrap_or(1)
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn syn_reset(ctx: BtfTracePointContext) -> u32 {
+    outcome::try_reset(&ctx).unwrap_or(0)
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn syn_retransmit(ctx: BtfTracePointContext) -> u32 {
+    outcome::try_retransmit(&ctx).unwrap_or(0)
 }
 
 #[cfg(not(test))]

@@ -25,7 +25,8 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 pub static BACKENDS: HashMap<BackendKey, Backend> =
     HashMap::with_max_entries(MAX_BACKEND_SLOTS, BPF_F_NO_PREALLOC);
 
-/// Active (established, not yet closed) TCP connections per backend id, kept by sock_ops.
+/// Open TCP connections per backend id (connected, not yet closed): +1 at connect(), -1 at
+/// the socket's release.
 #[map]
 pub static BACKEND_ACTIVE: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
 

@@ -1,7 +1,6 @@
 //! The cgroup sock_addr hooks: rewrite a connect/sendmsg to an ambassador address into one to
 //! a backend, and make getpeername/recvmsg report the ambassador address back.
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
     EbpfContext as _,
@@ -13,13 +12,9 @@ use viking_common::{
 
 use crate::{
     health,
-    lb::{count, select, Verdict},
+    lb::{active, count, select, Verdict},
     maps::{flag, REVNAT, SOCKS},
 };
-
-/// The callbacks a redirected TCP socket asks for: state changes (established, closed) and
-/// retransmission timeouts (a SYN unanswered).
-pub const SOCK_CALLBACKS: u32 = BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
 
 const ECONNREFUSED: i32 = 111;
 /// Let the syscall go on.
@@ -116,12 +111,21 @@ pub fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
                 // Fail open: the connect goes to the backend, getpeername reports it as is.
                 return Ok(ALLOW);
             }
-            // NB: a UDP socket connected again keeps one state, the latest.
             // SAFETY: this socket's own storage; the socket is locked during connect().
-            unsafe { *p = st };
-            // NB: the socket's sock_ops callbacks are asked for at TCP_CONNECT_CB (sock_ops.rs),
-            // not here with bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS): asked here, they would
-            // start before the socket enters SYN_SENT and cost one more sock_ops run.
+            let p = unsafe { &mut *p };
+            if p.flags & sock::COUNTED != 0 {
+                // A TCP socket connecting again after its connect failed: its first backend
+                // counts it no more. (A new storage holds `st`, which is not counted yet.)
+                active(p.backend, u64::MAX); // wrapping -1
+            }
+            // NB: a UDP socket connected again keeps one state, the latest.
+            *p = st;
+            if proto == PROTO_TCP {
+                // Open TCP connections per backend, for least connections; the socket leaves
+                // the count when it is closed (release.rs).
+                p.flags |= sock::COUNTED;
+                active(backend.id, 1);
+            }
             Ok(ALLOW)
         }
     }

@@ -1,6 +1,6 @@
 //! `GET /v1/status`: one screen on this host (`viking status`): who it is, who leads, the
 //! members, the store's health, the datapath (programs, services, backends, map use), the
-//! last sync and its lag, this host's instances by state, and readiness.
+//! last sync and its lag, this host's instances by state, the DNS responder, and readiness.
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -79,6 +79,9 @@ pub struct AgentStatus {
     pub sync: SyncStatus,
     /// This host's instances by state.
     pub instances: BTreeMap<String, i64>,
+    /// The DNS responder (absent from agents before it was shown).
+    #[serde(default)]
+    pub names: metrics::NamesState,
     pub ready: bool,
     pub checks: Vec<Check>,
 }
@@ -154,6 +157,7 @@ pub async fn gather<S: Store>(st: &ApiState<S>) -> AgentStatus {
             .into_iter()
             .map(|(s, n)| (s.to_owned(), n))
             .collect(),
+        names: m.names.state(),
         ready: r.ready,
         checks: r.checks,
     }

@@ -215,6 +215,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "names: no DNS responder on this host");
+                viking::metrics::global().names.failed(&e);
                 None
             }
         };

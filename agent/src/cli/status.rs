@@ -8,6 +8,7 @@ use viking::api::{
     rollout::{JobRollout, Rollout},
     status::AgentStatus,
 };
+use viking::metrics::NamesState;
 
 use super::{progress::Live, table::render};
 
@@ -98,6 +99,14 @@ pub fn format_status(s: &AgentStatus) -> String {
     ));
     let inst: Vec<String> = s.instances.iter().map(|(k, v)| format!("{k} {v}")).collect();
     out.push_str(&format!("instances  {}\n", inst.join(", ")));
+    out.push_str(&format!(
+        "names      {}\n",
+        match &s.names {
+            NamesState::Off => "off".to_owned(),
+            NamesState::Serving(on) => format!("answering on {on}"),
+            NamesState::Failed(why) => format!("FAILED: {why}"),
+        }
+    ));
     if !s.members.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = s

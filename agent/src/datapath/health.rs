@@ -29,11 +29,13 @@ impl fmt::Display for Health {
     }
 }
 
-/// CLOCK_MONOTONIC at tick resolution, as the programs read it (bpf_ktime_get_coarse_ns).
+/// CLOCK_MONOTONIC, the clock of the programs' deadlines. NB: precise, not coarse: selection
+/// reads the coarse clock (up to a tick behind), the tracing programs the precise one, so a
+/// deadline read against the precise clock never shows more than its backoff left.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use viking_common::{RevNatKey, RevNatValue, SockBackend};
 
 pub use error::DatapathError;
+/// How many programs the agent attaches (their links pinned under `<bpffs>/links/`).
+pub const PROGRAMS: usize = programs::ALL.len();
 pub use health::Health;
 pub use spec::{check_backend, Algo, Ejection, Frontend, Proto, ServiceSpec};
 pub use table::{BackendStatus, EndedSockets, ServiceStatus, ServiceTable, GRACE};
@@ -76,6 +78,7 @@ impl Datapath {
         table.set_legacy(legacy)?;
         table.set_sweep_cgroup(config.cgroup.clone());
         programs::attach_all(&mut ebpf, &config.cgroup, &links)?;
+        programs::attach_tracepoints(&mut ebpf, &links)?;
         programs::attach_iterators(&mut ebpf, can_end_sockets, &links)?;
         let orphans = table.collect_orphans()?;
         tracing::info!(

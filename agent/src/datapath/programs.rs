@@ -8,7 +8,7 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, Iter, SockOps,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -33,7 +33,7 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
 ];
 
 /// Every program the agent attaches.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 11] = [
     programs::CONNECT4,
     programs::CONNECT6,
     programs::SENDMSG4,
@@ -42,7 +42,9 @@ pub const ALL: [&str; 9] = [
     programs::RECVMSG6,
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
-    programs::SOCKOPS,
+    programs::RELEASE,
+    programs::SYN_RESET,
+    programs::SYN_RETRANSMIT,
 ];
 
 /// The loaded object and what this kernel lets it do.
@@ -101,7 +103,32 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()
     for name in SOCK_ADDR_PROGRAMS {
         attach!(CgroupSockAddr, name);
     }
-    attach!(SockOps, programs::SOCKOPS);
+    attach!(CgroupSock, programs::RELEASE);
+    // An agent from before the release hook counted connections in sock_ops: with the hook in
+    // place its link goes (sockets it counted leave the count at their release).
+    let old = links_dir.join(programs::OLD_SOCKOPS);
+    if old.exists() {
+        std::fs::remove_file(&old).map_err(DatapathError::io("removing", old))?;
+    }
+    Ok(())
+}
+
+/// Loads the BTF tracepoints that see redirected connects fail and pins their links. They are
+/// host-wide; sockets of other cgroups have no storage in this datapath's map.
+pub fn attach_tracepoints(ebpf: &mut Ebpf, links_dir: &Path) -> Result<()> {
+    let btf = Btf::from_sys_fs().map_err(|source| DatapathError::Btf { source })?;
+    for (name, tracepoint) in programs::TRACEPOINTS {
+        let err = |source| DatapathError::Program { name, source };
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(err)?;
+        prog.load(tracepoint, &btf).map_err(err)?;
+        let id = prog.attach().map_err(err)?;
+        let link: FdLink = prog.take_link(id).map_err(err)?.into();
+        replace_pin(link, &links_dir.join(name))?;
+    }
     Ok(())
 }
 

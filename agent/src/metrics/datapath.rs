@@ -32,7 +32,7 @@ pub const FAMILIES: [&str; 10] = [
 ];
 
 /// Programs the agent attaches (their links pinned under `<bpffs>/links/`).
-pub const PROGRAMS: usize = 9;
+pub const PROGRAMS: usize = crate::datapath::PROGRAMS;
 
 /// How often a read is tried again when a backend set was replaced under it.
 const READ_TRIES: usize = 3;

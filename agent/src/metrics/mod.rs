@@ -9,11 +9,13 @@
 //! - `store`: request latency and errors (`Measured` wraps any `Store`)
 //! - `discovery`: store -> datapath passes, their lag, first sync
 //! - `control`: reconcile and placement passes, instances by state, leadership
+//! - `names`: whether the DNS responder answers, and why not
 //! - `datapath`: read from the pinned maps at each scrape (per service and backend counters,
 //!   map occupancy, programs attached)
 mod control;
 mod datapath;
 mod discovery;
+mod names;
 mod store;
 
 use std::sync::{Arc, OnceLock};
@@ -28,6 +30,7 @@ pub use datapath::{
     occupancy as datapath_occupancy, DatapathView, FAMILIES as DATAPATH_FAMILIES, PROGRAMS,
 };
 pub use discovery::DiscoveryMetrics;
+pub use names::{NamesMetrics, NamesState};
 pub use store::{Measured, StoreMetrics};
 
 /// The `Content-Type` of `/metrics`.
@@ -40,6 +43,7 @@ pub struct Metrics {
     pub store: StoreMetrics,
     pub discovery: DiscoveryMetrics,
     pub control: ControlMetrics,
+    pub names: NamesMetrics,
     /// The pinned maps, read at each scrape (and by `viking status`).
     pub datapath: Arc<DatapathView>,
 }
@@ -60,9 +64,10 @@ impl Metrics {
         let store = StoreMetrics::register(registry.sub_registry_with_prefix("store"));
         let discovery = DiscoveryMetrics::register(registry.sub_registry_with_prefix("discovery"));
         let control = ControlMetrics::register(&mut registry);
+        let names = NamesMetrics::register(registry.sub_registry_with_prefix("names"));
         let datapath = Arc::new(DatapathView::default());
         registry.register_collector(Box::new(datapath.clone()));
-        Self { registry, store, discovery, control, datapath }
+        Self { registry, store, discovery, control, names, datapath }
     }
 
     /// Every family in the Prometheus text format (version 0.0.4).

@@ -110,16 +110,23 @@ pub async fn start<S: Store>(
         server::bind(listen, host_netns.as_deref()).await.map_err(|e| e.to_string())?;
     let (tx, zone) = watch::channel(Arc::new(base.clone()));
     let follow_stop = stop.clone();
+    let shown = &crate::metrics::global().names;
     tokio::spawn(async move {
         if let Err(e) = follow::run(store, base, tx, follow_stop).await {
             tracing::error!(error = %e, "names: following the store stopped");
+            crate::metrics::global().names.failed(format!("following the store stopped: {e}"));
         }
     });
     let z = zone.clone();
     tracing::info!(%listen, upstreams = ?upstreams, domain = %args.dns_domain, "names: DNS responder listening");
+    shown.serving(listen);
+    let stopping = stop.clone();
     tokio::spawn(async move {
         let served = server::serve(sock, up, upstreams, z, stop).await;
         tracing::info!(?served, "names: responder stopped");
+        if !*stopping.borrow() {
+            crate::metrics::global().names.failed(format!("the responder stopped: {served:?}"));
+        }
     });
     Ok(Some(Names { listen, domain: args.dns_domain.clone(), zone }))
 }

@@ -5,10 +5,12 @@ use std::{os::fd::OwnedFd, path::Path};
 
 use anyhow::Context as _;
 use aya::programs::links::{FdLink, PinnedLink};
+use viking_common::programs;
 
-/// The programs a TCP connect goes through: connect4 at connect(), sock_ops at the TCP
-/// callbacks (connect, established, state changes).
-pub const PROGRAMS: [&str; 2] = ["connect4", "viking_sockops"];
+/// The programs a TCP connect goes through: connect4 at connect(), then the socket's others:
+/// sock_release at its close, and the tracepoints of failed connects (host-wide).
+pub const PROGRAMS: [&str; 4] =
+    [programs::CONNECT4, programs::RELEASE, programs::SYN_RESET, programs::SYN_RETRANSMIT];
 
 pub struct StatsOn {
     _fd: OwnedFd,
@@ -59,8 +61,8 @@ pub fn read(bpffs: &Path, name: &str) -> anyhow::Result<Counters> {
 }
 
 /// The counters of every program in `PROGRAMS`, in that order.
-pub fn read_all(bpffs: &Path) -> anyhow::Result<[Counters; 2]> {
-    Ok([read(bpffs, PROGRAMS[0])?, read(bpffs, PROGRAMS[1])?])
+pub fn read_all(bpffs: &Path) -> anyhow::Result<Vec<Counters>> {
+    PROGRAMS.iter().map(|name| read(bpffs, name)).collect()
 }
 
 /// Entries in the datapath's REVNAT map (an LRU hash of one entry per connected socket; a

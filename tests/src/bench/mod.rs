@@ -592,29 +592,34 @@ fn hook_cost(w: &World, label: &str, samples: usize, report: &mut Report) -> any
     let after = hooks::read_all(&bpffs)?;
     let metric = format!("in-kernel hook time per connect, {label}");
     let mut direct_ns = None;
-    for (path, [c4, ops]) in [
-        (Path::Direct, [mid[0] - before[0], mid[1] - before[1]]),
-        (Path::Viking, [after[0] - mid[0], after[1] - mid[1]]),
-    ] {
+    for (path, from, to) in [(Path::Direct, &before, &mid), (Path::Viking, &mid, &after)] {
+        let runs: Vec<_> = to.iter().zip(from).map(|(t, f)| *t - *f).collect();
+        let c4 = runs[0];
         let connects = c4.runs.max(1);
         let per = |x: u64| x as f64 / connects as f64;
+        let others = runs[1..].iter().fold(hooks::Counters::default(), |a, c| hooks::Counters {
+            run_ns: a.run_ns + c.run_ns,
+            runs: a.runs + c.runs,
+        });
         let detail = report::HookDetail {
             when: label.to_owned(),
             revnat_entries: revnat,
             path: path.name().into(),
             connects: c4.runs,
             connect4_ns: per(c4.run_ns),
-            sock_ops_ns: per(ops.run_ns),
-            sock_ops_calls: per(ops.runs),
+            socket_ns: per(others.run_ns),
+            socket_calls: per(others.runs),
         };
-        let total = detail.connect4_ns + detail.sock_ops_ns;
+        let total = detail.connect4_ns + detail.socket_ns;
+        let each: Vec<_> = hooks::PROGRAMS
+            .iter()
+            .zip(&runs)
+            .map(|(name, c)| format!("{name} {:.0} ns/{:.2} runs", per(c.run_ns), per(c.runs)))
+            .collect();
         println!(
-            "    {label}: {:<13} connect4 {:>5.0} ns + sock_ops {:>5.0} ns ({:.1} calls) per \
-             connect (REVNAT: {revnat} entries)",
+            "    {label}: {:<13} {total:.0} ns per connect: {} (REVNAT: {revnat} entries)",
             path.name(),
-            detail.connect4_ns,
-            detail.sock_ops_ns,
-            detail.sock_ops_calls
+            each.join(", ")
         );
         report.row(path.name(), &metric, total, "ns", direct_ns);
         direct_ns.get_or_insert(total);

@@ -220,7 +220,7 @@ fn bar_panel(
     Ok(())
 }
 
-/// The hooks' kernel time per connect: connect4 and sock_ops, direct against viking, at each
+/// The hooks' kernel time per connect: connect4 and the socket's other programs, direct against viking, at each
 /// moment it was measured.
 fn hooks(r: &Report, file: &Path) -> anyhow::Result<PathBuf> {
     let mut whens: Vec<&str> = Vec::new();
@@ -232,7 +232,7 @@ fn hooks(r: &Report, file: &Path) -> anyhow::Result<PathBuf> {
     let root = SVGBackend::new(file, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let panels = root.split_evenly((1, whens.len().max(1)));
-    let max = r.hooks.iter().map(|h| h.connect4_ns + h.sock_ops_ns).fold(0.0, f64::max);
+    let max = r.hooks.iter().map(|h| h.connect4_ns + h.socket_ns).fold(0.0, f64::max);
     for (area, when) in panels.iter().zip(&whens) {
         let hs: Vec<_> = r.hooks.iter().filter(|h| h.when == *when).collect();
         let mut chart = ChartBuilder::on(area)
@@ -256,7 +256,7 @@ fn hooks(r: &Report, file: &Path) -> anyhow::Result<PathBuf> {
             .map_err(err)?;
         for (i, h) in hs.iter().enumerate() {
             let c = color(&h.path);
-            let total = h.connect4_ns + h.sock_ops_ns;
+            let total = h.connect4_ns + h.socket_ns;
             let mut lower = Rectangle::new(
                 [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), h.connect4_ns)],
                 c.filled(),
@@ -270,7 +270,7 @@ fn hooks(r: &Report, file: &Path) -> anyhow::Result<PathBuf> {
             chart.draw_series([lower, upper]).map_err(err)?;
             chart
                 .draw_series([Text::new(
-                    format!("{total:.0} ns ({:.0} + {:.0})", h.connect4_ns, h.sock_ops_ns),
+                    format!("{total:.0} ns ({:.0} + {:.0})", h.connect4_ns, h.socket_ns),
                     (SegmentValue::CenterOf(i), total + max * 0.03),
                     (FONT, 11),
                 )])

@@ -94,8 +94,10 @@ pub struct HookDetail {
     pub path: String,
     pub connects: u64,
     pub connect4_ns: f64,
-    pub sock_ops_ns: f64,
-    pub sock_ops_calls: f64,
+    /// The socket's other programs: its release, and the TCP-event tracepoints (which are
+    /// host-wide: anything else on the host that retransmits or is reset adds to them).
+    pub socket_ns: f64,
+    pub socket_calls: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -58,7 +58,7 @@ fn least_connections_avoids_a_busy_backend() {
     let held = read_until_ready(&mut holder);
     assert!(held.iter().all(|c| c.backend() == Some("b1")), "{held:?}");
     let active = t.table().list().unwrap()[0].backends[0].active;
-    assert_eq!(active, 10, "sock_ops counts the established connections");
+    assert_eq!(active, 10, "open connections are counted");
 
     // Now three backends: new connections go to the idle ones.
     let addrs: Vec<_> = b.iter().map(|b| b.addr).collect();

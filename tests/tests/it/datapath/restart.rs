@@ -27,7 +27,7 @@ fn agent_cmd(t: &Topo, dir: &std::path::Path, api: u16) -> Command {
 
 fn wait_for_pins(t: &Topo) {
     for _ in 0..200 {
-        if t.bpf.path.join("links").join("viking_sockops").exists() {
+        if t.bpf.path.join("links").join(viking_common::programs::SYN_RETRANSMIT).exists() {
             return;
         }
         sleep(Duration::from_millis(25));
@@ -75,9 +75,10 @@ fn agent_restart_keeps_transfers_and_connects_going() {
     let status = table.get(&spec.frontend).unwrap().expect("service survived");
     assert_eq!(status.backends.len(), 3);
     assert!(status.conns >= looped.ok);
-    // Exactly one set of links stays pinned: 9 cgroup programs and the 2 socket iterators.
+    // Exactly one set of links stays pinned: 9 cgroup programs, the 2 tracepoints of failed
+    // connects and the 2 socket iterators.
     let links: Vec<_> = std::fs::read_dir(t.bpf.path.join("links")).unwrap().collect();
-    assert_eq!(links.len(), 11);
+    assert_eq!(links.len(), 13);
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
 }

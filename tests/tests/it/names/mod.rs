@@ -4,4 +4,5 @@
 mod datapath;
 mod dns;
 mod docker;
+mod status;
 mod vips;
