@@ -525,14 +525,7 @@ mod tests {
 
     #[test]
     fn values_old_and_new_parse() {
-        let kv = |key: &str, v: &str| KeyValue {
-            key: key.into(),
-            value: v.as_bytes().to_vec(),
-            create_revision: 1,
-            mod_revision: 1,
-            version: 1,
-            lease: None,
-        };
+        let kv = |key: &str, v: &str| KeyValue::put_at(key, v, 1, None);
         let old = PortAllocation::parse(&kv("/viking/alloc/ports/a_b/80", "20001")).unwrap();
         assert_eq!((old.ambassador_port, old.balance), (20001, Algo::default()));
         let new = PortAllocation::parse(&kv(

@@ -188,14 +188,7 @@ mod tests {
     use crate::datapath::Proto;
 
     fn kv(key: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: v.as_bytes().to_vec(),
-            create_revision: 1,
-            mod_revision: 1,
-            version: 1,
-            lease: None,
-        }
+        KeyValue::put_at(key, v, 1, None)
     }
 
     fn want(ids: &[(&str, &str)]) -> BTreeMap<(String, String), Wanted> {

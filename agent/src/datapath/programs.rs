@@ -8,7 +8,7 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter, Program, ProgramError,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -83,11 +83,7 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()
         ($ty:ty, $name:expr) => {{
             let name: &'static str = $name;
             let err = |source| DatapathError::Program { name, source };
-            let prog: &mut $ty = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(err)?;
+            let prog: &mut $ty = program(ebpf, name)?;
             prog.load().map_err(err)?;
             // NB: with bpf_link (kernel 5.7+) "Single" means flags 0, and links on one cgroup
             // still run side by side; BPF_F_ALLOW_MULTI is refused there with EINVAL.
@@ -119,11 +115,7 @@ pub fn attach_tracepoints(ebpf: &mut Ebpf, links_dir: &Path) -> Result<()> {
     let btf = Btf::from_sys_fs().map_err(|source| DatapathError::Btf { source })?;
     for (name, tracepoint) in programs::TRACEPOINTS {
         let err = |source| DatapathError::Program { name, source };
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(err)?;
+        let prog: &mut BtfTracePoint = program(ebpf, name)?;
         prog.load(tracepoint, &btf).map_err(err)?;
         let id = prog.attach().map_err(err)?;
         let link: FdLink = prog.take_link(id).map_err(err)?.into();
@@ -146,11 +138,7 @@ pub fn attach_iterators(ebpf: &mut Ebpf, can_end_sockets: bool, links_dir: &Path
     let btf = Btf::from_sys_fs().map_err(|source| DatapathError::Btf { source })?;
     for (name, kind) in iterators {
         let err = |source| DatapathError::Program { name, source };
-        let prog: &mut Iter = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(err)?;
+        let prog: &mut Iter = program(ebpf, name)?;
         prog.load(kind, &btf).map_err(err)?;
         let id = prog.attach().map_err(err)?;
         let link: FdLink = prog
@@ -161,6 +149,17 @@ pub fn attach_iterators(ebpf: &mut Ebpf, can_end_sockets: bool, links_dir: &Path
         replace_pin(link, &links_dir.join(name))?;
     }
     Ok(())
+}
+
+/// The program `name` of the object, as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
 }
 
 /// Pins `link` at `path`, detaching whatever link was pinned there before.

@@ -600,14 +600,7 @@ mod tests {
             self.0
                 .iter()
                 .filter(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| KeyValue {
-                    key: k.clone(),
-                    value: v.clone(),
-                    create_revision: 1,
-                    mod_revision: 1,
-                    version: 1,
-                    lease: None,
-                })
+                .map(|(k, v)| KeyValue::put_at(k, v, 1, None))
                 .collect()
         }
         fn state(&self) -> DeployState {

@@ -80,14 +80,7 @@ mod tests {
     use super::*;
 
     fn kv(key: &str, value: &str, revision: Revision, lease: Option<LeaseId>) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: value.into(),
-            create_revision: revision,
-            mod_revision: revision,
-            version: 1,
-            lease,
-        }
+        KeyValue::put_at(key, value, revision, lease)
     }
 
     fn mirror(kvs: Vec<KeyValue>) -> BTreeMap<String, Registered> {

@@ -145,14 +145,7 @@ mod tests {
 
     #[test]
     fn what_this_agent_holds_is_told_apart_by_lease_and_value() {
-        let kv = |key: &str, value: &str, lease| KeyValue {
-            key: key.into(),
-            value: value.into(),
-            create_revision: 1,
-            mod_revision: 1,
-            version: 1,
-            lease,
-        };
+        let kv = |key: &str, value: &str, lease| KeyValue::put_at(key, value, 1, lease);
         let all = [
             kv("/services/s/s_a/80/1/a", r#"{"x":1}"#, Some(LeaseId(7))),
             kv("/services/s/s_b/80/1/b", r#"{"x":1}"#, Some(LeaseId(8))),

@@ -153,14 +153,7 @@ mod tests {
     use super::*;
 
     fn kv(key: &str, value: &str, revision: Revision) -> KeyValue {
-        KeyValue {
-            key: key.to_owned(),
-            value: value.as_bytes().to_vec(),
-            create_revision: revision,
-            mod_revision: revision,
-            version: 1,
-            lease: None,
-        }
+        KeyValue::put_at(key, value, revision, None)
     }
 
     #[test]

@@ -44,6 +44,26 @@ impl KeyValue {
     }
 }
 
+#[cfg(test)]
+impl KeyValue {
+    /// A key as the store holds it after one put at `revision` (tests' fixtures).
+    pub(crate) fn put_at(
+        key: &str,
+        value: impl AsRef<[u8]>,
+        revision: Revision,
+        lease: Option<LeaseId>,
+    ) -> Self {
+        Self {
+            key: key.to_owned(),
+            value: value.as_ref().to_vec(),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease,
+        }
+    }
+}
+
 /// A value that does not parse as what its key says it holds. Its message shows a bounded
 /// prefix of the key and the value (a value may be megabytes: the log gets 200 bytes of it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
