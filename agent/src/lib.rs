@@ -11,6 +11,7 @@ pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod netlink;
+pub mod netns;
 pub mod overlay;
 pub mod runtime;
 pub mod stack;

@@ -2,7 +2,6 @@
 //! search path and ndots, `names::zone::Zone::candidates`), and prints each name tried.
 use std::{
     net::{SocketAddr, UdpSocket},
-    os::fd::AsFd as _,
     path::PathBuf,
     str::FromStr as _,
     time::Duration,
@@ -72,29 +71,22 @@ pub async fn dig(
         .map_err(|_| anyhow::anyhow!("--type {qtype:?}: not a record type (A, AAAA, SRV, ...)"))?;
     let zone = Zone::new(domain).map_err(|e| anyhow::anyhow!("--domain: {e}"))?;
     let candidates = zone.candidates(name, stack);
-    let file = match &host_netns {
-        Some(p) => Some(std::fs::File::open(p).with_context(|| format!("{}", p.display()))?),
-        None => None,
-    };
-    let tried = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Tried>> {
-        if let Some(f) = &file {
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("entering the host's network namespace")?;
-        }
-        let sock = UdpSocket::bind("0.0.0.0:0")?;
-        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut out = Vec::new();
-        for c in candidates {
-            let r = ask(&sock, server, &c, t)?;
-            let found = r.status == ResponseCode::NoError.to_str() && !r.answers.is_empty();
-            out.push(r);
-            if found {
-                break;
+    let tried =
+        viking::netns::run_in(host_netns.as_deref(), move || -> anyhow::Result<Vec<Tried>> {
+            let sock = UdpSocket::bind("0.0.0.0:0")?;
+            sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut out = Vec::new();
+            for c in candidates {
+                let r = ask(&sock, server, &c, t)?;
+                let found = r.status == ResponseCode::NoError.to_str() && !r.answers.is_empty();
+                out.push(r);
+                if found {
+                    break;
+                }
             }
-        }
-        Ok(out)
-    })
-    .await??;
+            Ok(out)
+        })
+        .await??;
     let found = tried.last().filter(|r| !r.answers.is_empty());
     if json {
         println!("{}", serde_json::to_string_pretty(&tried)?);

@@ -20,6 +20,7 @@ use super::{
     forward::Forwarder,
     zone::Zone,
 };
+use crate::netns::NetnsError;
 
 /// Largest packet read; a longer datagram is cut to this and then does not parse.
 const MAX_PACKET: usize = 4096;
@@ -57,30 +58,18 @@ pub async fn bind(
     netns: Option<&Path>,
 ) -> Result<(UdpSocket, UdpSocket), NamesError> {
     let SocketAddr::V4(listen4) = listen else { return Err(NamesError::NotV4(listen)) };
-    let file = match netns {
-        Some(p) => Some((
-            std::fs::File::open(p)
-                .map_err(|source| NamesError::Netns { path: p.to_owned(), source })?,
-            p.to_owned(),
-        )),
-        None => None,
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let run = || -> Result<(StdUdp, StdUdp), NamesError> {
-            if let Some((file, path)) = &file {
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| NamesError::Netns { path: path.clone(), source: e.into() })?;
-            }
-            let l = udp_v4(listen4, true)?;
-            let u = udp_v4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), false)?;
-            Ok((l, u))
-        };
-        let _ = tx.send(run());
-    });
-    let (l, u) = rx.await.map_err(|_| NamesError::Bind {
-        addr: listen,
-        source: std::io::Error::other("the binding thread died"),
+    let (l, u) = crate::netns::run_in(netns, move || -> Result<(StdUdp, StdUdp), NamesError> {
+        let l = udp_v4(listen4, true)?;
+        let u = udp_v4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), false)?;
+        Ok((l, u))
+    })
+    .await
+    .map_err(|e| match e {
+        NetnsError::Enter { path, source } => NamesError::Netns { path, source },
+        NetnsError::Died => NamesError::Bind {
+            addr: listen,
+            source: std::io::Error::other("the binding thread died"),
+        },
     })??;
     let tokio = |s: StdUdp| {
         UdpSocket::from_std(s).map_err(|source| NamesError::Bind { addr: listen, source })

@@ -6,16 +6,17 @@
 use std::{
     future::Future,
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsRawFd as _,
     path::Path,
 };
 
 use futures::TryStreamExt as _;
-use nix::sched::{setns, CloneFlags};
 use rtnetlink::{
     packet_route::route::{RouteProtocol, RouteScope},
     Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
+
+use crate::netns::NetnsError;
 
 pub mod fdb;
 pub mod instance;
@@ -265,24 +266,19 @@ where
     F: FnOnce(Netlink) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T>>,
 {
-    let path = ns.display().to_string();
-    let netns_err =
-        move |source: std::io::Error| NetlinkError::Netns { path: path.clone(), source };
-    let file = std::fs::File::open(ns).map_err(netns_err.clone())?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let run = || -> Result<T> {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| netns_err(std::io::Error::from(e)))?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(NetlinkError::Socket)?;
-            rt.block_on(async { f(Netlink::connect()?).await })
-        };
-        let _ = tx.send(run());
-    });
-    rx.await.map_err(|_| NetlinkError::Socket(std::io::Error::other("netns thread died")))?
+    let work = move || -> Result<T> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NetlinkError::Socket)?;
+        rt.block_on(async { f(Netlink::connect()?).await })
+    };
+    crate::netns::run_in(Some(ns), work).await.map_err(|e| match e {
+        NetnsError::Enter { path, source } => {
+            NetlinkError::Netns { path: path.display().to_string(), source }
+        }
+        NetnsError::Died => NetlinkError::Socket(std::io::Error::other("netns thread died")),
+    })?
 }
 
 /// Runs `f` with a netlink connection in `netns`, or in the caller's own namespace when `None`.

@@ -2,17 +2,17 @@
 //! namespace is per thread, so each call runs on a thread of its own.
 use std::{
     net::IpAddr,
-    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
-
-use nix::sched::{setns, CloneFlags};
 
 use super::{
     error::VpcError,
     sockets::{self, Conn},
 };
-use crate::netlink::{links::LinkInfo, Netlink};
+use crate::{
+    netlink::{links::LinkInfo, Netlink},
+    netns::NetnsError,
+};
 
 /// Runs `f` on a new thread inside `netns` (or the agent's own namespace) and waits for it.
 pub async fn on_host<T, F>(netns: Option<&Path>, f: F) -> Result<T, VpcError>
@@ -20,28 +20,10 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, VpcError> + Send + 'static,
 {
-    let file = match netns {
-        Some(p) => Some((
-            std::fs::File::open(p)
-                .map_err(|source| VpcError::Netns { path: p.to_owned(), source })?,
-            p.to_owned(),
-        )),
-        None => None,
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let run = || -> Result<T, VpcError> {
-            if let Some((file, path)) = &file {
-                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| VpcError::Netns {
-                    path: path.clone(),
-                    source: std::io::Error::from(e),
-                })?;
-            }
-            f()
-        };
-        let _ = tx.send(run());
-    });
-    rx.await.map_err(|_| VpcError::Stopped)?
+    crate::netns::run_in(netns, f).await.map_err(|e| match e {
+        NetnsError::Enter { path, source } => VpcError::Netns { path, source },
+        NetnsError::Died => VpcError::Stopped,
+    })?
 }
 
 /// What the filter needs to know of the host's network.
