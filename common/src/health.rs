@@ -136,6 +136,10 @@ pub const PORT_SLOTS: u32 = 65_536;
 /// backend refusing connects would fail if it moved.
 pub const SKC_STATE_OFFSET: usize = 18;
 
+/// Offset of `sock_common.skc_dport` (the destination port, network order): after the two
+/// addresses and the hash, on every kernel since 2.6. Fixed, as `SKC_STATE_OFFSET` is.
+pub const SKC_DPORT_OFFSET: usize = 12;
+
 /// Marker `call` instruction the socket iterators emit for the kernel function
 /// `bpf_sock_destroy`: `code` 0x85 (call), `src_reg` 2 (a kernel function), imm 0x7ead5de5.
 /// The agent replaces the imm with the function's BTF id before loading.

@@ -29,8 +29,10 @@ pub mod maps {
     pub const STALE: &str = "STALE";
     pub const FLAGS: &str = "FLAGS";
     pub const ENDED: &str = "ENDED";
+    pub const CONNS: &str = "CONNS";
+    pub const CONN_PORTS: &str = "CONN_PORTS";
     /// Every map whose contents must survive an agent restart.
-    pub const PINNED: [&str; 18] = [
+    pub const PINNED: [&str; 20] = [
         SERVICES,
         BACKENDS,
         BACKEND_ACTIVE,
@@ -49,6 +51,8 @@ pub mod maps {
         STALE,
         FLAGS,
         ENDED,
+        CONNS,
+        CONN_PORTS,
     ];
 }
 
@@ -65,14 +69,15 @@ pub mod programs {
     /// cgroup/sock_release: a redirected socket leaves its backend's count; its connect's
     /// outcome is judged if the kernel's TCP did not judge it before.
     pub const RELEASE: &str = "viking_release";
-    /// BTF tracepoints that see a redirected connect fail (host-wide, rare events only).
-    pub const SYN_RESET: &str = "syn_reset";
+    /// The BTF tracepoint that sees a redirected connect's SYN go unanswered (host-wide, on
+    /// retransmissions only).
     pub const SYN_RETRANSMIT: &str = "syn_retransmit";
     /// The tracepoint each of those attaches to.
-    pub const TRACEPOINTS: [(&str, &str); 2] =
-        [(SYN_RESET, "tcp_receive_reset"), (SYN_RETRANSMIT, "tcp_retransmit_skb")];
-    /// The sock_ops program of agents before the release hook: its pinned link is removed.
-    pub const OLD_SOCKOPS: &str = "viking_sockops";
+    pub const TRACEPOINTS: [(&str, &str); 1] = [(SYN_RETRANSMIT, "tcp_retransmit_skb")];
+    /// Programs of earlier agents whose pinned links an upgrade removes: the sock_ops program
+    /// of agents before the release hook, and the tracepoint on every RST received of agents
+    /// before the release hook judged refused connects.
+    pub const OLD: [&str; 2] = ["viking_sockops", "syn_reset"];
     /// Socket iterators that end sockets pinned to a backend that left (bpf_sock_destroy).
     pub const END_UDP: &str = "end_udp";
     pub const END_TCP: &str = "end_tcp";
@@ -92,8 +97,11 @@ pub const MAX_BACKENDS_PER_SERVICE: u32 = 1024;
 pub const LEAST_CONN_SCAN: u32 = 32;
 /// Sockets whose address the kernel reports back as the ambassador (LRU).
 pub const MAX_REVNAT: u32 = 262_144;
-/// TCP sockets tracked for active-connection counts.
+/// TCP sockets tracked for active-connection counts (by agents before socket storage).
 pub const MAX_TRACKED_SOCKETS: u32 = 262_144;
+/// Redirected connected sockets whose state fits the preallocated table `CONNS` (about
+/// 7 MiB of kernel memory); past it a socket's state goes to its socket storage (`SOCKS`).
+pub const MAX_CONNS: u32 = 65_536;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;

@@ -162,3 +162,10 @@ pub fn add(p: &mut u64, delta: u64) {
     // SAFETY: an aligned u64 inside a map value.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, delta) };
 }
+
+/// `add` for a u32 counter.
+#[inline(always)]
+pub fn add32(p: &mut u32, delta: u32) {
+    // SAFETY: an aligned u32 inside a map value.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, delta) };
+}

@@ -7,6 +7,7 @@
 #![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
+mod conns;
 mod health;
 mod lb;
 mod maps;
@@ -64,11 +65,6 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn viking_release(ctx: SockContext) -> i32 {
     release::try_release(&ctx).unwrap_or(1)
-}
-
-#[btf_tracepoint(function = "tcp_receive_reset")]
-pub fn syn_reset(ctx: BtfTracePointContext) -> u32 {
-    outcome::try_reset(&ctx).unwrap_or(0)
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]

@@ -11,8 +11,8 @@ use aya_ebpf::{
 use viking_common::{
     ended, flags, Backend, BackendHealth, BackendKey, HealthConfig, RevNatKey, RevNatValue,
     ServiceHealth, ServiceKey, ServiceStats, ServiceValue, SockBackend, SockState, StaleKey,
-    MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_REVNAT, MAX_SERVICES, MAX_STALE, MAX_TRACKED_SOCKETS,
-    PORT_SLOTS, SERVICE_NAME_LEN,
+    MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNS, MAX_REVNAT, MAX_SERVICES, MAX_STALE,
+    MAX_TRACKED_SOCKETS, PORT_SLOTS, SERVICE_NAME_LEN,
 };
 
 // NB: not preallocated, so that an update replaces the element through RCU and a reader sees
@@ -61,7 +61,19 @@ pub static SERVICE_NAMES: HashMap<u32, [u8; SERVICE_NAME_LEN]> =
 
 // ---- Passive health, per-socket state, stale-socket ending (docs/datapath.md) ----
 
-/// Per-socket state of the sockets Viking redirected; the kernel frees it with the socket.
+/// Per-socket state of the redirected connected sockets (TCP, connected UDP), by socket
+/// cookie (conns.rs). Preallocated: tracking a socket allocates nothing.
+#[map]
+pub static CONNS: HashMap<u64, SockState> = HashMap::with_max_entries(MAX_CONNS, 0);
+
+/// How many `CONNS` entries are connected to each port (index: the port in network order).
+/// A socket to a port with none is not looked up (no cookie made) at its release.
+#[map]
+pub static CONN_PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// Per-socket state kept with the socket (the kernel frees it with the socket): unconnected
+/// UDP that sent to a service, connected sockets past `CONNS`'s capacity, and the sockets of
+/// an agent from before `CONNS`.
 #[btf_map]
 pub static SOCKS: SkStorage<SockState> = SkStorage::new();
 

@@ -1,33 +1,25 @@
-//! Failed connects, seen where the kernel's TCP sees them: BTF tracepoints that fire only on
-//! rare events (a RST received, a segment retransmitted), so that a connect that goes well
-//! runs none of them. Each looks for the socket's storage
-//! (sockets connect() did not redirect have none) and counts a failure against its backend
-//! while the socket is still connecting.
+//! A SYN that goes unanswered, seen where the kernel's TCP sees it: a BTF tracepoint that
+//! fires only on a retransmission, so that a connect that goes well runs nothing here. It
+//! looks for the socket's state (conns.rs; sockets connect() did not redirect have none) and
+//! counts a failure against its backend while the socket is still connecting, a retransmission
+//! timeout (1 s) after the SYN, long before the application gives up. (Other failed connects,
+//! a RST or an ICMP error, are judged at the socket's release: release.rs.)
 //!
-//! They are host-wide (tracepoints are not per cgroup): a socket of another cgroup or another
-//! agent has no storage in this map and is left alone.
+//! It is host-wide (tracepoints are not per cgroup): a socket of another cgroup or another
+//! agent has no state in these maps and is left alone.
 use aya_ebpf::{
-    bindings::BPF_TCP_SYN_SENT, helpers::bpf_sk_storage_get, programs::BtfTracePointContext,
+    bindings::BPF_TCP_SYN_SENT,
+    helpers::{bpf_get_socket_cookie, bpf_sk_storage_get},
+    programs::BtfTracePointContext,
 };
-use viking_common::{SockState, SKC_STATE_OFFSET};
+use viking_common::{SockState, SKC_DPORT_OFFSET, SKC_STATE_OFFSET};
 
-use crate::{health, maps::socks_ptr};
-
-/// `tcp_receive_reset(struct sock *sk)`, fired before the RST closes the socket: a RST to
-/// the SYN (nothing listens on the backend's port).
-pub fn try_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
-    failed_if_connecting(ctx)
-}
+use crate::{conns, health, maps::socks_ptr};
 
 /// `tcp_retransmit_skb(const struct sock *sk, ...)`: in SYN_SENT, the SYN went unanswered
 /// for one retransmission timeout (the backend's host drops it, or is gone).
 pub fn try_retransmit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
-    failed_if_connecting(ctx)
-}
-
-#[inline(always)]
-fn failed_if_connecting(ctx: &BtfTracePointContext) -> Result<u32, u32> {
-    // The first argument of each of these tracepoints is the socket.
+    // The tracepoint's first argument is the socket.
     let sk: *const u8 = ctx.arg(0);
     if sk.is_null() {
         return Ok(0);
@@ -39,12 +31,23 @@ fn failed_if_connecting(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if u32::from(state) != BPF_TCP_SYN_SENT {
         return Ok(0);
     }
+    // NB: the socket lock is held on the path that fires this in SYN_SENT (its retransmit
+    // timer), so its state is not written at once.
+    // SAFETY: a two-byte load inside `struct sock` (see `SKC_DPORT_OFFSET`).
+    let port = unsafe { *sk.add(SKC_DPORT_OFFSET).cast::<u16>() };
+    if conns::any_on(port) {
+        // SAFETY: a helper given the tracepoint's socket.
+        let cookie = unsafe { bpf_get_socket_cookie(sk.cast_mut().cast()) };
+        // SAFETY: see the NB above.
+        if let Some(st) = unsafe { conns::get(cookie) } {
+            health::failed(st, health::precise_now);
+            return Ok(0);
+        }
+    }
     // SAFETY: a lookup (no create) of the socket's storage.
     let p =
         unsafe { bpf_sk_storage_get(socks_ptr(), sk.cast_mut().cast(), core::ptr::null_mut(), 0) };
-    // NB: the socket lock is held on the paths that fire these in SYN_SENT (softirq
-    // processing of the socket's packets, its timer), so its storage is not written at once.
-    // SAFETY: this socket's storage.
+    // SAFETY: this socket's storage (see the NB above).
     if let Some(st) = unsafe { p.cast::<SockState>().as_mut() } {
         health::failed(st, health::precise_now);
     }

@@ -11,7 +11,7 @@ use viking_common::{
 };
 
 use crate::{
-    health,
+    conns, health,
     lb::{active, count, select, Verdict},
     maps::{flag, REVNAT, SOCKS},
 };
@@ -94,10 +94,14 @@ pub fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
         }
         Verdict::Backend { service, backend } => {
             write(ctx, family, &backend.addr, backend.port);
-            let mut st = SockState {
+            // Open TCP connections per backend, for least connections; the socket leaves the
+            // count when it is closed (release.rs). A UDP socket connected again keeps one
+            // state, the latest.
+            let counted = if proto == PROTO_TCP { sock::COUNTED } else { 0 };
+            let st = SockState {
                 backend: backend.id,
                 service,
-                flags: sock::CONNECTED,
+                flags: sock::CONNECTED | counted,
                 gen: health::gen(backend.id),
                 addr: backend.addr,
                 orig_addr: addr,
@@ -105,29 +109,38 @@ pub fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
                 orig_port: port,
                 _pad: 0,
             };
-            // SAFETY: the socket of the program's own context.
-            let p = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut st)) };
-            if p.is_null() {
-                // Fail open: the connect goes to the backend, getpeername reports it as is.
-                return Ok(ALLOW);
-            }
-            // SAFETY: this socket's own storage; the socket is locked during connect().
-            let p = unsafe { &mut *p };
-            if p.flags & sock::COUNTED != 0 {
-                // A TCP socket connecting again after its connect failed: its first backend
-                // counts it no more. (A new storage holds `st`, which is not counted yet.)
-                active(p.backend, u64::MAX); // wrapping -1
-            }
-            // NB: a UDP socket connected again keeps one state, the latest.
-            *p = st;
-            if proto == PROTO_TCP {
-                // Open TCP connections per backend, for least connections; the socket leaves
-                // the count when it is closed (release.rs).
-                p.flags |= sock::COUNTED;
-                active(backend.id, 1);
+            // SAFETY: helper given the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            if !conns::track(cookie, &st) {
+                in_storage(ctx, st);
             }
             Ok(ALLOW)
         }
+    }
+}
+
+/// The socket's state in its socket storage, when `CONNS` is full.
+#[inline(always)]
+fn in_storage(ctx: &SockAddrContext, st: SockState) {
+    // A new storage starts uncounted.
+    let mut init = st;
+    init.flags &= !sock::COUNTED;
+    // SAFETY: the socket of the program's own context.
+    let p = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut init)) };
+    if p.is_null() {
+        // Fail open: the connect goes to the backend, getpeername reports it as is.
+        return;
+    }
+    // SAFETY: this socket's own storage; the socket is locked during connect().
+    let p = unsafe { &mut *p };
+    if p.flags & sock::COUNTED != 0 {
+        // A TCP socket connecting again after its connect failed: its first backend counts it
+        // no more.
+        active(p.backend, u64::MAX); // wrapping -1
+    }
+    *p = st;
+    if st.flags & sock::COUNTED != 0 {
+        active(st.backend, 1);
     }
 }
 
@@ -182,16 +195,22 @@ pub fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
 #[inline(always)]
 pub fn try_restore(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
     let (addr, port) = read(ctx, family);
+    if conns::any_on(port) {
+        // SAFETY: helper given the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // SAFETY: the caller's socket; copied out at once.
+        if let Some(st) = unsafe { conns::get(cookie) }.map(|st| *st) {
+            if restore(ctx, family, &st, addr, port) {
+                return Ok(ALLOW);
+            }
+        }
+    }
     // SAFETY: the socket of the program's own context.
     let p = unsafe { SOCKS.get_ptr_mut(ctx) };
     if !p.is_null() {
         // SAFETY: this socket's own storage, copied out.
         let st = unsafe { *p };
-        if st.flags & sock::CONNECTED != 0 && st.port == port && st.addr == addr {
-            write(ctx, family, &st.orig_addr, st.orig_port);
-            return Ok(ALLOW);
-        }
-        if st.flags & sock::REVNAT == 0 {
+        if restore(ctx, family, &st, addr, port) || st.flags & sock::REVNAT == 0 {
             return Ok(ALLOW);
         }
     } else if !flag(flags::LEGACY) {
@@ -205,6 +224,16 @@ pub fn try_restore(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
         write(ctx, family, &orig.addr, orig.port);
     }
     Ok(ALLOW)
+}
+
+/// Reports the ambassador address if the socket was connected to this backend address.
+#[inline(always)]
+fn restore(ctx: &SockAddrContext, family: Family, st: &SockState, addr: Addr, port: u16) -> bool {
+    if st.flags & sock::CONNECTED != 0 && st.port == port && st.addr == addr {
+        write(ctx, family, &st.orig_addr, st.orig_port);
+        return true;
+    }
+    false
 }
 
 /// Records which ambassador address a socket asked for, keyed by the backend it got.

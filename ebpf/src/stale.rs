@@ -1,7 +1,7 @@
 //! Socket iterators that end the sockets still pinned to a backend that left its service.
 //!
 //! The agent lists the departed backends in `STALE` and reads these iterators (pinned links)
-//! once in each network namespace of its cgroup's processes. A socket whose storage says it
+//! once in each network namespace of its cgroup's processes. A socket whose state says it
 //! was connected to one of them is ended with the kernel function `bpf_sock_destroy` (Linux
 //! 6.5+): the application sees ECONNABORTED and connects again, to a live backend.
 //!
@@ -10,11 +10,11 @@
 //! loading; on a kernel without the function these two programs are not loaded at all.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_sk_storage_get, bpf_skc_to_tcp_sock};
-use viking_common::{ended, sock, SockState, StaleKey, SOCK_DESTROY_CALL};
+use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock};
+use viking_common::{ended, sock, SockState, StaleKey, SKC_DPORT_OFFSET, SOCK_DESTROY_CALL};
 
 use crate::{
-    health,
+    conns, health,
     maps::{socks_ptr, ENDED, STALE},
 };
 
@@ -50,13 +50,9 @@ pub extern "C" fn end_tcp(ctx: *mut c_void) -> i32 {
 
 #[inline(always)]
 fn end_if_stale(sk: *mut c_void, skc: *mut c_void, counter: u32) {
-    // SAFETY: a lookup (no create) of the socket's storage.
-    let p = unsafe { bpf_sk_storage_get(socks_ptr(), sk, core::ptr::null_mut(), 0) };
-    if p.is_null() {
+    let Some((st, cookie)) = state(sk) else {
         return;
-    }
-    // SAFETY: the socket's storage, copied out.
-    let st = unsafe { *p.cast::<SockState>() };
+    };
     if st.flags & sock::CONNECTED == 0 {
         return;
     }
@@ -70,7 +66,35 @@ fn end_if_stale(sk: *mut c_void, skc: *mut c_void, counter: u32) {
             // SAFETY: an array slot shared by all CPUs.
             health::add(unsafe { &mut *n }, 1);
         }
+        // NB: an ended UDP socket is disconnected (destination port 0), so its release would
+        // not find its entry again: it goes now. (It holds no connection count. An ended TCP
+        // socket keeps its port and leaves at its release, uncounted there.)
+        if counter == ended::UDP {
+            if let Some(cookie) = cookie {
+                conns::forget(cookie, &st);
+            }
+        }
     }
+}
+
+/// The socket's state and, if it is in `CONNS`, its cookie: in `CONNS` (by cookie, if a
+/// tracked socket is connected to its destination port), else in its storage.
+#[inline(always)]
+fn state(sk: *mut c_void) -> Option<(SockState, Option<u64>)> {
+    // SAFETY: a two-byte load inside `struct sock` (see `SKC_DPORT_OFFSET`).
+    let port = unsafe { *sk.cast::<u8>().add(SKC_DPORT_OFFSET).cast::<u16>() };
+    if conns::any_on(port) {
+        // SAFETY: a helper given the iterator's socket.
+        let cookie = unsafe { bpf_get_socket_cookie(sk) };
+        // SAFETY: copied out at once.
+        if let Some(st) = unsafe { conns::get(cookie) } {
+            return Some((*st, Some(cookie)));
+        }
+    }
+    // SAFETY: a lookup (no create) of the socket's storage.
+    let p = unsafe { bpf_sk_storage_get(socks_ptr(), sk, core::ptr::null_mut(), 0) };
+    // SAFETY: the socket's storage, copied out.
+    unsafe { p.cast::<SockState>().as_ref() }.copied().map(|st| (st, None))
 }
 
 /// `bpf_sock_destroy(struct sock_common *)`: the call instruction the agent patches.

@@ -1,7 +1,8 @@
 //! Real TCP/UDP servers standing in for backends, each bound inside a test's namespace.
 //!
 //! TCP: greets every connection with `NAME PEER\n` (PEER is the client address the server
-//! sees), then echoes lines; a line `stream N` makes it send N bytes and close.
+//! sees), then echoes lines; a line `stream N` makes it send N bytes and close, a line `reset`
+//! makes it reset the connection.
 //! UDP: answers every datagram with `NAME PEER`.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -86,6 +87,12 @@ pub fn serve_tcp(conn: TcpStream, name: &str, peer: SocketAddr) {
                 // Slow enough that a test can restart the agent mid-transfer.
                 std::thread::sleep(Duration::from_millis(2));
             }
+            return;
+        }
+        if line.trim() == "reset" {
+            // SO_LINGER 0: the close sends a RST.
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            let _ = nix::sys::socket::setsockopt(&w, nix::sys::socket::sockopt::Linger, &linger);
             return;
         }
         if w.write_all(line.as_bytes()).is_err() {

@@ -10,6 +10,8 @@ use viking::datapath::{
     Algo, Datapath, DatapathConfig, Frontend, Proto, ServiceSpec, ServiceTable,
 };
 
+use viking_common::{maps, SockState};
+
 use crate::{
     backend::Backend,
     guards::{veth, BpfDir, Cgroup, NetNs},
@@ -94,6 +96,20 @@ impl Topo {
     /// Runs the probe to completion and parses its connection lines.
     pub fn probe(&self, args: &[&str]) -> Vec<Conn> {
         run_probe(self.probe_cmd(args))
+    }
+
+    /// Sockets the datapath tracks by cookie (entries of `CONNS`), and the same counted per
+    /// destination port (the sum of `CONN_PORTS`): both 0 once every redirected socket closed.
+    pub fn tracked_sockets(&self) -> (usize, u64) {
+        use aya::maps::{Array, HashMap, Map, MapData};
+        let dir = viking::datapath::maps_dir(&self.bpf.path);
+        let data = MapData::from_pin(dir.join(maps::CONNS)).expect("CONNS pinned");
+        let conns: HashMap<_, u64, SockState> =
+            Map::HashMap(data).try_into().expect("CONNS is a hash");
+        let entries = conns.keys().filter(Result::is_ok).count();
+        let data = MapData::from_pin(dir.join(maps::CONN_PORTS)).expect("CONN_PORTS pinned");
+        let ports: Array<_, u32> = Map::Array(data).try_into().expect("CONN_PORTS is an array");
+        (entries, ports.iter().filter_map(Result::ok).map(u64::from).sum())
     }
 
     /// Starts a long-running probe (hold, loop, stream) with stdin and stdout piped.

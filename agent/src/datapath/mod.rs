@@ -3,6 +3,7 @@
 //! - `programs`: load the embedded object, attach to a cgroup, pin maps and links.
 //! - `table`: the typed service table (upsert/remove/list with counters).
 //! - `spec`: the plain types the rest of the agent speaks.
+mod btf;
 mod error;
 mod health;
 mod ids;

@@ -33,7 +33,7 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
 ];
 
 /// Every program the agent attaches.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 10] = [
     programs::CONNECT4,
     programs::CONNECT6,
     programs::SENDMSG4,
@@ -43,7 +43,6 @@ pub const ALL: [&str; 11] = [
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
     programs::RELEASE,
-    programs::SYN_RESET,
     programs::SYN_RETRANSMIT,
 ];
 
@@ -60,6 +59,15 @@ pub struct Loaded {
 pub fn load(maps_dir: &Path) -> Result<Loaded> {
     let Patched { object, can_end_sockets } = patched()?;
     let mut loader = EbpfLoader::new();
+    // The release hook tells a refused connect from an ended connection by this field.
+    let rcv_nxt = super::btf::field_offset("tcp_sock", "rcv_nxt").unwrap_or_else(|| {
+        tracing::warn!(
+            "tcp_sock.rcv_nxt not found in the kernel's BTF: a refused connect counts against \
+             its backend only when a blocking connect() reported it"
+        );
+        0
+    });
+    loader.override_global("TCP_RCV_NXT", &rcv_nxt, true);
     let mut created = Vec::new();
     for name in maps::PINNED {
         let path = maps_dir.join(name);
@@ -100,11 +108,14 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()
         attach!(CgroupSockAddr, name);
     }
     attach!(CgroupSock, programs::RELEASE);
-    // An agent from before the release hook counted connections in sock_ops: with the hook in
-    // place its link goes (sockets it counted leave the count at their release).
-    let old = links_dir.join(programs::OLD_SOCKOPS);
-    if old.exists() {
-        std::fs::remove_file(&old).map_err(DatapathError::io("removing", old))?;
+    // Earlier agents' programs that this one does without: with the release hook in place
+    // their links go (sockets they counted leave the count at their release; the release
+    // judges refused connects).
+    for name in programs::OLD {
+        let old = links_dir.join(name);
+        if old.exists() {
+            std::fs::remove_file(&old).map_err(DatapathError::io("removing", old))?;
+        }
     }
     Ok(())
 }

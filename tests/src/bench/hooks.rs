@@ -8,9 +8,8 @@ use aya::programs::links::{FdLink, PinnedLink};
 use viking_common::programs;
 
 /// The programs a TCP connect goes through: connect4 at connect(), then the socket's others:
-/// sock_release at its close, and the tracepoints of failed connects (host-wide).
-pub const PROGRAMS: [&str; 4] =
-    [programs::CONNECT4, programs::RELEASE, programs::SYN_RESET, programs::SYN_RETRANSMIT];
+/// sock_release at its close, and the tracepoint of unanswered SYNs (host-wide).
+pub const PROGRAMS: [&str; 3] = [programs::CONNECT4, programs::RELEASE, programs::SYN_RETRANSMIT];
 
 pub struct StatsOn {
     _fd: OwnedFd,

@@ -2,6 +2,8 @@
 //! that the datapath under test sees its sockets). Prints JSON lines (viking_tests::probe).
 //!
 //!   vk-probe tcp ADDR [COUNT]      connect, getpeername, read greeting, close; COUNT times
+//!   vk-probe reset ADDR [COUNT]    as tcp, then ask the backend to reset the connection and
+//!                                  close once the RST is in; COUNT times
 //!   vk-probe udp ADDR [connected]  one datagram by sendto (or connect+send), one reply
 //!   vk-probe udp-pinned ADDR       connected UDP: one exchange, print "ready", wait for a line
 //!                                  on stdin, then the same socket again and a new socket
@@ -36,6 +38,12 @@ fn main() {
             let count: usize = arg(3).parse().unwrap_or(1);
             for _ in 0..count {
                 emit(&tcp_once(addr).1);
+            }
+        }
+        Some("reset") => {
+            let count: usize = arg(3).parse().unwrap_or(1);
+            for _ in 0..count {
+                emit(&reset_once(addr));
             }
         }
         Some("udp") => emit(&udp_once(addr, arg(3) == "connected")),
@@ -108,6 +116,26 @@ fn tcp_once(addr: SocketAddr) -> (Option<BufReader<TcpStream>>, Conn) {
             (Some(r), conn)
         }
         Err(e) => (None, failed(&e)),
+    }
+}
+
+/// `tcp_once`, then the backend is asked to reset the connection, and the socket is closed
+/// once the RST has arrived (in TCP state CLOSE).
+fn reset_once(addr: SocketAddr) -> Conn {
+    let (r, mut conn) = tcp_once(addr);
+    let Some(mut r) = r else {
+        return conn;
+    };
+    if let Err(e) = r.get_mut().write_all(b"reset\n") {
+        return failed(&e);
+    }
+    let mut rest = Vec::new();
+    match r.read_to_end(&mut rest) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => conn,
+        other => {
+            conn.error = Some(format!("no reset from the backend: {other:?}"));
+            conn
+        }
     }
 }
 

@@ -261,6 +261,32 @@ fn an_old_connection_closing_does_not_bring_back_an_ejected_backend() {
 }
 
 #[test]
+fn connections_the_backend_resets_after_they_were_established_are_no_failed_connects() {
+    let mut t = Topo::new();
+    let b = t.tcp_backends(8000);
+    let s = with_ejection(
+        spec("127.0.0.1:7607", Proto::Tcp, Algo::RoundRobin, &[b[0].addr, refusing(8109)]),
+        Ejection { after: 1, backoff_ms: 60_000, max_backoff_ms: 60_000 },
+    );
+    t.table().upsert(&s).unwrap();
+    // Each socket is closed after the backend's RST: in TCP state CLOSE at its release, as a
+    // refused one is. Only the refused ones failed.
+    let conns = run_probe({
+        let mut cmd = t.probe_cmd(&["reset", "127.0.0.1:7607", "10"]);
+        cmd.env("VK_PROBE_TIMEOUT_MS", "1500");
+        cmd
+    });
+    let reset: Vec<_> = conns.iter().filter(|c| c.backend() == Some("b1")).collect();
+    assert!(reset.len() >= 5, "{conns:?}");
+    assert!(reset.iter().all(|c| c.error.is_none()), "each was reset by b1: {reset:?}");
+    let st = t.table().get(&s.frontend).unwrap().unwrap();
+    assert_eq!(st.backends[0].failed_connects, 0, "{:?}", st.backends[0]);
+    assert_eq!(st.backends[0].health, Health::Ok, "{:?}", st.backends[0]);
+    assert_eq!(st.backends[1].health, Health::Ejected, "{:?}", st.backends[1]);
+    assert_eq!(st.backends[1].failed_connects, 1, "{:?}", st.backends[1]);
+}
+
+#[test]
 fn least_connections_counts_open_connections_not_refused_ones() {
     let mut t = Topo::new();
     let b = t.tcp_backends(8000);

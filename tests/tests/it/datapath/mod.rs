@@ -2,6 +2,7 @@
 //! the test's own network namespaces.
 mod balance;
 mod chain;
+mod conns;
 mod health;
 mod redis;
 mod restart;

@@ -75,10 +75,10 @@ fn agent_restart_keeps_transfers_and_connects_going() {
     let status = table.get(&spec.frontend).unwrap().expect("service survived");
     assert_eq!(status.backends.len(), 3);
     assert!(status.conns >= looped.ok);
-    // Exactly one set of links stays pinned: 9 cgroup programs, the 2 tracepoints of failed
-    // connects and the 2 socket iterators.
+    // Exactly one set of links stays pinned: 9 cgroup programs, the tracepoint of unanswered
+    // SYNs and the 2 socket iterators.
     let links: Vec<_> = std::fs::read_dir(t.bpf.path.join("links")).unwrap().collect();
-    assert_eq!(links.len(), 13);
+    assert_eq!(links.len(), 12);
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -132,7 +132,18 @@ fn pins_of_an_agent_without_the_newer_maps_keep_serving_after_an_upgrade() {
     drop(t.datapath.take());
     let maps = maps_dir(&t.bpf.path);
     use viking_common::maps::*;
-    for name in [SOCKS, PORTS, HEALTH_CONFIG, SERVICE_HEALTH, BACKEND_HEALTH, STALE, FLAGS, ENDED] {
+    for name in [
+        SOCKS,
+        PORTS,
+        HEALTH_CONFIG,
+        SERVICE_HEALTH,
+        BACKEND_HEALTH,
+        STALE,
+        FLAGS,
+        ENDED,
+        CONNS,
+        CONN_PORTS,
+    ] {
         std::fs::remove_file(maps.join(name)).unwrap();
     }
     for link in ["end_udp", "end_tcp"] {

@@ -87,6 +87,9 @@ fn a_connected_udp_socket_pinned_to_a_removed_backend_is_ended_and_reconnects() 
     let (same, _) = on_u2.again();
     assert_eq!(same.backend(), Some("u2"), "a socket on a backend that stayed is untouched");
     assert_eq!(same.peer.as_deref(), Some("127.0.0.1:5360"));
+    // Every probe has exited: no socket is tracked any more, the ended one (disconnected by
+    // its ending, so its release could not find it) included.
+    assert_eq!(t.tracked_sockets(), (0, 0));
 }
 
 #[test]
