@@ -58,7 +58,7 @@ async fn agent_image_runs_privileged_attaches_serves_and_programs() {
     assert_eq!(c.image, format!("viking/agent:{}", env!("CARGO_PKG_VERSION")));
     let s = c.status().unwrap();
     assert_eq!(s["node"], c.node.as_str());
-    assert_eq!(s["datapath"]["programs_attached"], 11, "{s}");
+    assert_eq!(s["datapath"]["programs_attached"], 10, "{s}");
     assert_eq!(s["store"]["ok"], true, "{s}");
     assert_eq!(s["leading"], true, "{s}");
     // The pins are in the bpffs mounted into the container.
