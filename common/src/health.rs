@@ -115,6 +115,15 @@ pub mod flags {
     pub const COUNT: u32 = 1;
 }
 
+/// Indexes of the `CONN_STATS` counters.
+pub mod conn_stats {
+    /// Sockets in `CONNS` now.
+    pub const TRACKED: u32 = 0;
+    /// Sockets whose state went to their socket storage because `CONNS` was full (ever).
+    pub const PAST_TABLE: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
 /// Indexes of the `ENDED` counters.
 pub mod ended {
     /// UDP sockets ended (by the iterator).

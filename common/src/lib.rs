@@ -31,8 +31,9 @@ pub mod maps {
     pub const ENDED: &str = "ENDED";
     pub const CONNS: &str = "CONNS";
     pub const CONN_PORTS: &str = "CONN_PORTS";
+    pub const CONN_STATS: &str = "CONN_STATS";
     /// Every map whose contents must survive an agent restart.
-    pub const PINNED: [&str; 20] = [
+    pub const PINNED: [&str; 21] = [
         SERVICES,
         BACKENDS,
         BACKEND_ACTIVE,
@@ -53,6 +54,7 @@ pub mod maps {
         ENDED,
         CONNS,
         CONN_PORTS,
+        CONN_STATS,
     ];
 }
 

@@ -8,12 +8,12 @@
 //! connected to each port) keeps every other socket from asking. When `CONNS` is full a
 //! socket gets storage instead (`SOCKS`), as before; lookups try both.
 use aya_ebpf::bindings::BPF_NOEXIST;
-use viking_common::{sock, SockState};
+use viking_common::{conn_stats, sock, SockState};
 
 use crate::{
     health,
     lb::active,
-    maps::{CONNS, CONN_PORTS},
+    maps::{CONNS, CONN_PORTS, CONN_STATS},
 };
 
 const EEXIST: i32 = 17;
@@ -23,7 +23,10 @@ const EEXIST: i32 = 17;
 #[inline(always)]
 pub fn track(cookie: u64, st: &SockState) -> bool {
     match CONNS.insert(cookie, st, u64::from(BPF_NOEXIST)) {
-        Ok(()) => ports(st.port, 1),
+        Ok(()) => {
+            ports(st.port, 1);
+            stat(conn_stats::TRACKED, 1);
+        }
         Err(e) if e == -EEXIST => {
             let Some(p) = CONNS.get_ptr_mut(cookie) else {
                 return false;
@@ -39,7 +42,10 @@ pub fn track(cookie: u64, st: &SockState) -> bool {
             }
             *old = *st;
         }
-        Err(_) => return false,
+        Err(_) => {
+            stat(conn_stats::PAST_TABLE, 1);
+            return false;
+        }
     }
     if st.flags & sock::COUNTED != 0 {
         active(st.backend, 1);
@@ -71,6 +77,16 @@ pub fn forget(cookie: u64, st: &SockState) {
     let port = st.port;
     if CONNS.remove(cookie).is_ok() {
         ports(port, u32::MAX);
+        stat(conn_stats::TRACKED, u64::MAX);
+    }
+}
+
+/// Adds `delta` (wrapping) to counter `index` of `CONN_STATS`.
+#[inline(always)]
+fn stat(index: u32, delta: u64) {
+    if let Some(n) = CONN_STATS.get_ptr_mut(index) {
+        // SAFETY: an array slot shared by all CPUs.
+        health::add(unsafe { &mut *n }, delta);
     }
 }
 

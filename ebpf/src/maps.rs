@@ -9,9 +9,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use viking_common::{
-    ended, flags, Backend, BackendHealth, BackendKey, HealthConfig, RevNatKey, RevNatValue,
-    ServiceHealth, ServiceKey, ServiceStats, ServiceValue, SockBackend, SockState, StaleKey,
-    MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNS, MAX_REVNAT, MAX_SERVICES, MAX_STALE,
+    conn_stats, ended, flags, Backend, BackendHealth, BackendKey, HealthConfig, RevNatKey,
+    RevNatValue, ServiceHealth, ServiceKey, ServiceStats, ServiceValue, SockBackend, SockState,
+    StaleKey, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNS, MAX_REVNAT, MAX_SERVICES, MAX_STALE,
     MAX_TRACKED_SOCKETS, PORT_SLOTS, SERVICE_NAME_LEN,
 };
 
@@ -70,6 +70,10 @@ pub static CONNS: HashMap<u64, SockState> = HashMap::with_max_entries(MAX_CONNS,
 /// A socket to a port with none is not looked up (no cookie made) at its release.
 #[map]
 pub static CONN_PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// How full `CONNS` is, and how many sockets went past it (`viking_common::conn_stats`).
+#[map]
+pub static CONN_STATS: Array<u64> = Array::with_max_entries(conn_stats::COUNT, 0);
 
 /// Per-socket state kept with the socket (the kernel frees it with the socket): unconnected
 /// UDP that sent to a service, connected sockets past `CONNS`'s capacity, and the sockets of

@@ -100,7 +100,8 @@ fn datapath() -> DatapathStatus {
             d.backends = services.iter().map(|s| s.backends.len()).sum();
             d.connections = services.iter().map(|s| s.conns).sum();
             d.refused = services.iter().map(|s| s.rejects).sum();
-            d.maps = metrics::datapath_occupancy(&services)
+            let sockets = m.datapath.sockets().and_then(Result::ok);
+            d.maps = metrics::datapath_occupancy(&services, sockets.as_ref())
                 .into_iter()
                 .map(|(map, entries, capacity)| MapUse { map: map.into(), entries, capacity })
                 .collect();

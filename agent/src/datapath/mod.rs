@@ -25,7 +25,7 @@ pub use error::DatapathError;
 pub const PROGRAMS: usize = programs::ALL.len();
 pub use health::Health;
 pub use spec::{check_backend, Algo, Ejection, Frontend, Proto, ServiceSpec};
-pub use table::{BackendStatus, EndedSockets, ServiceStatus, ServiceTable, GRACE};
+pub use table::{BackendStatus, EndedSockets, ServiceStatus, ServiceTable, TrackedSockets, GRACE};
 
 /// Where one agent's datapath lives.
 #[derive(Clone, Debug)]

@@ -15,9 +15,9 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use serde::Serialize;
 use viking_common::{
-    ended, flags, maps, Backend, BackendHealth, BackendKey, HealthConfig, ServiceHealth,
-    ServiceKey, ServiceStats, ServiceValue, StaleKey, MAX_BACKENDS, MAX_BACKENDS_PER_SERVICE,
-    MAX_SERVICES, SERVICE_NAME_LEN,
+    conn_stats, ended, flags, maps, Backend, BackendHealth, BackendKey, HealthConfig,
+    ServiceHealth, ServiceKey, ServiceStats, ServiceValue, StaleKey, MAX_BACKENDS,
+    MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, SERVICE_NAME_LEN,
 };
 
 use super::{
@@ -103,6 +103,16 @@ pub struct EndedSockets {
     pub failed_sweeps: u64,
 }
 
+/// The redirected sockets the datapath tracks (`CONNS`, socket cookie to state).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct TrackedSockets {
+    /// In the table now.
+    pub tracked: u64,
+    /// Sockets that found the table full (ever): their state went to their socket storage,
+    /// which costs their connect more. Growing: the table is too small for this host.
+    pub past_table: u64,
+}
+
 /// What a `write` has taken so far: undone by `roll_back` when it fails.
 #[derive(Default)]
 struct Fresh {
@@ -134,6 +144,7 @@ pub struct ServiceTable {
     stale: HashMap<MapData, StaleKey, u32>,
     flags: Array<MapData, u32>,
     ended: Array<MapData, u64>,
+    conn_stats: Array<MapData, u64>,
     sweeper: Sweeper,
     service_ids: IdPool,
     set_ids: IdPool,
@@ -211,6 +222,9 @@ impl ServiceTable {
             stale: open_map(dir, maps::STALE)?.try_into().map_err(op(maps::STALE))?,
             flags: open_map(dir, maps::FLAGS)?.try_into().map_err(op(maps::FLAGS))?,
             ended: open_map(dir, maps::ENDED)?.try_into().map_err(op(maps::ENDED))?,
+            conn_stats: open_map(dir, maps::CONN_STATS)?
+                .try_into()
+                .map_err(op(maps::CONN_STATS))?,
             sweeper: Sweeper::new(dir.parent().unwrap_or(dir).join("links"), None),
             service_ids: IdPool::with_used("service", MAX_SERVICES, service_used),
             // Two sets per service at most: the live one and the one being replaced.
@@ -690,6 +704,17 @@ impl ServiceTable {
             udp: get(ended::UDP)?,
             tcp: get(ended::TCP)?,
             failed_sweeps: get(ended::FAILED_SWEEPS)?,
+        })
+    }
+}
+
+impl ServiceTable {
+    /// How many redirected sockets are tracked, and how many found the table full.
+    pub fn sockets(&self) -> Result<TrackedSockets> {
+        let get = |i| self.conn_stats.get(&i, 0).map_err(op(maps::CONN_STATS));
+        Ok(TrackedSockets {
+            tracked: get(conn_stats::TRACKED)?,
+            past_table: get(conn_stats::PAST_TABLE)?,
         })
     }
 }

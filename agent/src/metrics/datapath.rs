@@ -12,17 +12,20 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
-use viking_common::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_SERVICES};
+use viking_common::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNS, MAX_SERVICES};
 
-use crate::datapath::{maps_dir, Datapath, DatapathError, ServiceStatus, ServiceTable};
+use crate::datapath::{
+    maps_dir, Datapath, DatapathError, ServiceStatus, ServiceTable, TrackedSockets,
+};
 
 /// The families this collector writes (with the registry's `viking_` prefix), for whoever
 /// checks names against them (the Grafana dashboard's test).
-pub const FAMILIES: [&str; 10] = [
+pub const FAMILIES: [&str; 11] = [
     "viking_datapath_program_attached",
     "viking_datapath_read_ok",
     "viking_datapath_map_entries",
     "viking_datapath_map_capacity",
+    "viking_datapath_sockets_past_table_total",
     "viking_service_connections_total",
     "viking_service_refused_connections_total",
     "viking_service_dropped_datagrams_total",
@@ -84,6 +87,12 @@ impl DatapathView {
         last.map(Err)
     }
 
+    /// The redirected sockets tracked, or None before `attach`.
+    pub fn sockets(&self) -> Option<Result<TrackedSockets, DatapathError>> {
+        let s = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        s.as_ref().map(|src| src.table.sockets())
+    }
+
     /// Each program and whether its link is pinned, or None before `attach`.
     pub fn programs(&self) -> Option<Vec<(&'static str, bool)>> {
         let s = self.source.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,14 +100,18 @@ impl DatapathView {
     }
 }
 
-/// How full the maps are, from a listing of the services.
-pub fn occupancy(services: &[ServiceStatus]) -> Occupancy {
+/// How full the maps are, from a listing of the services and the sockets tracked (if read).
+pub fn occupancy(services: &[ServiceStatus], sockets: Option<&TrackedSockets>) -> Occupancy {
     let backends: u64 = services.iter().map(|s| s.backends.len() as u64).sum();
-    vec![
+    let mut o = vec![
         ("services", services.len() as u64, u64::from(MAX_SERVICES)),
         ("backends", backends, u64::from(MAX_BACKENDS)),
         ("backend_slots", backends, u64::from(MAX_BACKEND_SLOTS)),
-    ]
+    ];
+    if let Some(s) = sockets {
+        o.push(("sockets", s.tracked, u64::from(MAX_CONNS)));
+    }
+    o
 }
 
 fn service_labels(s: &ServiceStatus) -> Vec<(&'static str, String)> {
@@ -144,7 +157,8 @@ impl Collector for DatapathView {
                 return Ok(());
             }
         };
-        let occupancy = occupancy(&services);
+        let sockets = self.sockets().and_then(Result::ok);
+        let occupancy = occupancy(&services, sockets.as_ref());
         let mut e = encoder.encode_descriptor(
             "datapath_map_entries",
             "Entries in use in the datapath's maps.",
@@ -162,6 +176,17 @@ impl Collector for DatapathView {
         )?;
         for (map, _, cap) in &occupancy {
             ConstGauge::new(*cap as i64).encode(e.encode_family(&[("map", *map)])?)?;
+        }
+
+        if let Some(s) = &sockets {
+            let mut e = encoder.encode_descriptor(
+                "datapath_sockets_past_table",
+                "Redirected sockets that found the socket table (CONNS) full: their state went \
+                 to their socket storage, which costs their connect more.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(s.past_table).encode(e.encode_family(&[("map", "CONNS")])?)?;
         }
 
         let labels: Vec<_> = services.iter().map(service_labels).collect();

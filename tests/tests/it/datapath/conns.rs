@@ -31,12 +31,14 @@ fn assert_all_gone(t: &mut Topo, what: &str) {
             .flat_map(|s| &s.backends)
             .map(|b| b.active)
             .sum();
-        if (entries, per_port, active) == (0, 0, 0) {
+        let counted = t.table().sockets().expect("sockets").tracked;
+        if (entries, per_port, active, counted) == (0, 0, 0, 0) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: {entries} entries, {per_port} counted per port, {active} open connections"
+            "{what}: {entries} entries, {per_port} counted per port, {active} open connections, \
+             {counted} counted tracked"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -47,8 +49,7 @@ fn each_socket_leaves_the_table_however_its_connect_ended() {
     let mut t = Topo::new();
     let b = t.tcp_backends(8000);
     t.service("127.0.0.1:7500", Proto::Tcp, Algo::LeastConn, &[b[0].addr]);
-    // Nothing listens on this backend's port: each connect is answered with a RST, and the
-    // failed socket is disconnected (destination port 0) before its release.
+    // Nothing listens on this backend's port: each connect is answered with a RST.
     let closed = format!("{}:8999", SERVER_IPS[1]).parse().unwrap();
     t.service("127.0.0.1:7501", Proto::Tcp, Algo::LeastConn, &[closed]);
 
@@ -60,6 +61,7 @@ fn each_socket_leaves_the_table_however_its_connect_ended() {
         (5, 5),
         "held sockets are tracked, each under its backend's port"
     );
+    assert_eq!(t.table().sockets().unwrap().tracked, 5, "as viking status and the metrics show");
     assert_eq!(t.table().list().unwrap()[0].backends[0].active, 5);
 
     let ok = t.probe(&["tcp", "127.0.0.1:7500", "20"]);
@@ -101,6 +103,8 @@ fn past_the_tables_capacity_sockets_are_tracked_in_their_storage() {
         "getpeername reports the ambassador from the socket storage: {held:?}"
     );
     assert_eq!(t.table().list().unwrap()[0].backends[0].active, 5, "counted without CONNS");
+    let past = t.table().sockets().unwrap().past_table;
+    assert_eq!(past, 5, "the metrics show the sockets that found the table full");
     let summary: Summary = finish(holder);
     assert_eq!(summary.ok, 5);
 

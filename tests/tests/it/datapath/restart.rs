@@ -143,6 +143,7 @@ fn pins_of_an_agent_without_the_newer_maps_keep_serving_after_an_upgrade() {
         ENDED,
         CONNS,
         CONN_PORTS,
+        CONN_STATS,
     ] {
         std::fs::remove_file(maps.join(name)).unwrap();
     }
