@@ -117,11 +117,11 @@ pub mod flags {
 
 /// Indexes of the `CONN_STATS` counters.
 pub mod conn_stats {
-    /// Sockets in `CONNS` now.
-    pub const TRACKED: u32 = 0;
     /// Sockets whose state went to their socket storage because `CONNS` was full (ever).
-    pub const PAST_TABLE: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// (How many are in `CONNS` now the agent counts from the map: no counter on the
+    /// connect path.)
+    pub const PAST_TABLE: u32 = 0;
+    pub const COUNT: u32 = 1;
 }
 
 /// Indexes of the `ENDED` counters.

@@ -23,10 +23,7 @@ const EEXIST: i32 = 17;
 #[inline(always)]
 pub fn track(cookie: u64, st: &SockState) -> bool {
     match CONNS.insert(cookie, st, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {
-            ports(st.port, 1);
-            stat(conn_stats::TRACKED, 1);
-        }
+        Ok(()) => ports(st.port, 1),
         Err(e) if e == -EEXIST => {
             let Some(p) = CONNS.get_ptr_mut(cookie) else {
                 return false;
@@ -43,7 +40,7 @@ pub fn track(cookie: u64, st: &SockState) -> bool {
             *old = *st;
         }
         Err(_) => {
-            stat(conn_stats::PAST_TABLE, 1);
+            past_table();
             return false;
         }
     }
@@ -77,16 +74,15 @@ pub fn forget(cookie: u64, st: &SockState) {
     let port = st.port;
     if CONNS.remove(cookie).is_ok() {
         ports(port, u32::MAX);
-        stat(conn_stats::TRACKED, u64::MAX);
     }
 }
 
-/// Adds `delta` (wrapping) to counter `index` of `CONN_STATS`.
+/// Counts a socket that found the table full.
 #[inline(always)]
-fn stat(index: u32, delta: u64) {
-    if let Some(n) = CONN_STATS.get_ptr_mut(index) {
+fn past_table() {
+    if let Some(n) = CONN_STATS.get_ptr_mut(conn_stats::PAST_TABLE) {
         // SAFETY: an array slot shared by all CPUs.
-        health::add(unsafe { &mut *n }, delta);
+        health::add(unsafe { &mut *n }, 1);
     }
 }
 
