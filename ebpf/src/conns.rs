@@ -7,13 +7,18 @@
 //! on first use, for any socket that asks: `CONN_PORTS` (how many tracked sockets are
 //! connected to each port) keeps every other socket from asking. When `CONNS` is full a
 //! socket gets storage instead (`SOCKS`), as before; lookups try both.
-use aya_ebpf::bindings::BPF_NOEXIST;
-use viking_common::{conn_stats, sock, SockState};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_socket_cookie, bpf_sk_storage_get},
+};
+use viking_common::{conn_stats, sock, SockState, SKC_DPORT_OFFSET};
 
 use crate::{
     health,
     lb::active,
-    maps::{CONNS, CONN_PORTS, CONN_STATS},
+    maps::{socks_ptr, CONNS, CONN_PORTS, CONN_STATS},
 };
 
 const EEXIST: i32 = 17;
@@ -68,10 +73,34 @@ pub unsafe fn get(cookie: u64) -> Option<&'static mut SockState> {
     CONNS.get_ptr_mut(cookie).map(|p| unsafe { &mut *p })
 }
 
-/// Deletes the entry of socket `cookie` (at its release), whose state was `st`.
+/// The state of a kernel socket (`struct sock *` of a tracing or iterator program): in
+/// `CONNS` with its cookie, if a tracked socket is connected to its destination port, else in
+/// its storage (no cookie).
+///
+/// # Safety
+/// `sk` is a socket the verifier knows by its BTF type, and the caller holds it (its lock,
+/// or the iterator's reference), so that no other program writes the state meanwhile.
 #[inline(always)]
-pub fn forget(cookie: u64, st: &SockState) {
-    let port = st.port;
+pub unsafe fn of_sock(sk: *mut c_void) -> Option<(&'static mut SockState, Option<u64>)> {
+    // SAFETY: a two-byte load inside `struct sock` (see `SKC_DPORT_OFFSET`).
+    let port = unsafe { *sk.cast::<u8>().add(SKC_DPORT_OFFSET).cast::<u16>() };
+    if any_on(port) {
+        // SAFETY: a helper given the caller's socket.
+        let cookie = unsafe { bpf_get_socket_cookie(sk) };
+        // SAFETY: as the caller promises.
+        if let Some(st) = unsafe { get(cookie) } {
+            return Some((st, Some(cookie)));
+        }
+    }
+    // SAFETY: a lookup (no create) of the socket's storage.
+    let p = unsafe { bpf_sk_storage_get(socks_ptr(), sk, core::ptr::null_mut(), 0) };
+    // SAFETY: the socket's storage, as the caller promises.
+    unsafe { p.cast::<SockState>().as_mut() }.map(|st| (st, None))
+}
+
+/// Deletes the entry of socket `cookie` (at its release or its ending), connected to `port`.
+#[inline(always)]
+pub fn forget(cookie: u64, port: u16) {
     if CONNS.remove(cookie).is_ok() {
         ports(port, u32::MAX);
     }

@@ -52,8 +52,7 @@ pub fn try_release(ctx: &SockContext) -> Result<i32, i32> {
         // SAFETY: the socket is being released: nothing else runs on it.
         if let Some(st) = unsafe { conns::get(cookie) } {
             end(ctx, st, proto, state, port);
-            let st = *st;
-            conns::forget(cookie, &st);
+            conns::forget(cookie, st.port);
             tracked = true;
         }
     }

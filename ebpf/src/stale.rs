@@ -10,12 +10,12 @@
 //! loading; on a kernel without the function these two programs are not loaded at all.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock};
-use viking_common::{ended, sock, SockState, StaleKey, SKC_DPORT_OFFSET, SOCK_DESTROY_CALL};
+use aya_ebpf::helpers::bpf_skc_to_tcp_sock;
+use viking_common::{ended, sock, StaleKey, SOCK_DESTROY_CALL};
 
 use crate::{
     conns, health,
-    maps::{socks_ptr, ENDED, STALE},
+    maps::{ENDED, STALE},
 };
 
 /// `iter/udp`: the context is `struct bpf_iter__udp { meta; udp_sk; uid; bucket }`.
@@ -50,7 +50,8 @@ pub extern "C" fn end_tcp(ctx: *mut c_void) -> i32 {
 
 #[inline(always)]
 fn end_if_stale(sk: *mut c_void, skc: *mut c_void, counter: u32) {
-    let Some((st, cookie)) = state(sk) else {
+    // SAFETY: the iterator's socket, held by the iterator; copied out at once.
+    let Some((st, cookie)) = (unsafe { conns::of_sock(sk) }).map(|(st, c)| (*st, c)) else {
         return;
     };
     if st.flags & sock::CONNECTED == 0 {
@@ -71,30 +72,10 @@ fn end_if_stale(sk: *mut c_void, skc: *mut c_void, counter: u32) {
         // socket keeps its port and leaves at its release, uncounted there.)
         if counter == ended::UDP {
             if let Some(cookie) = cookie {
-                conns::forget(cookie, &st);
+                conns::forget(cookie, st.port);
             }
         }
     }
-}
-
-/// The socket's state and, if it is in `CONNS`, its cookie: in `CONNS` (by cookie, if a
-/// tracked socket is connected to its destination port), else in its storage.
-#[inline(always)]
-fn state(sk: *mut c_void) -> Option<(SockState, Option<u64>)> {
-    // SAFETY: a two-byte load inside `struct sock` (see `SKC_DPORT_OFFSET`).
-    let port = unsafe { *sk.cast::<u8>().add(SKC_DPORT_OFFSET).cast::<u16>() };
-    if conns::any_on(port) {
-        // SAFETY: a helper given the iterator's socket.
-        let cookie = unsafe { bpf_get_socket_cookie(sk) };
-        // SAFETY: copied out at once.
-        if let Some(st) = unsafe { conns::get(cookie) } {
-            return Some((*st, Some(cookie)));
-        }
-    }
-    // SAFETY: a lookup (no create) of the socket's storage.
-    let p = unsafe { bpf_sk_storage_get(socks_ptr(), sk, core::ptr::null_mut(), 0) };
-    // SAFETY: the socket's storage, copied out.
-    unsafe { p.cast::<SockState>().as_ref() }.copied().map(|st| (st, None))
 }
 
 /// `bpf_sock_destroy(struct sock_common *)`: the call instruction the agent patches.
