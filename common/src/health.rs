@@ -10,7 +10,7 @@ use crate::Addr;
 
 /// What connect()/sendmsg() did with one socket.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
     /// Backend id (index of its counters and health).
     pub backend: u32,

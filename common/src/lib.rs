@@ -32,7 +32,8 @@ pub mod maps {
     pub const CONNS: &str = "CONNS";
     pub const CONN_PORTS: &str = "CONN_PORTS";
     pub const CONN_STATS: &str = "CONN_STATS";
-    /// Every map whose contents must survive an agent restart.
+    /// Every map whose contents must survive an agent restart, in the order they came (the
+    /// upgrade test removes the newer ones to play an older agent).
     pub const PINNED: [&str; 21] = [
         SERVICES,
         BACKENDS,

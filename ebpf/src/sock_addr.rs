@@ -165,17 +165,7 @@ pub fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, i32> {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             remember(cookie, &backend.addr, backend.port, addr, port)?;
             // Marks the socket: its replies are looked up in REVNAT (see `try_restore`).
-            let mut st = SockState {
-                backend: 0,
-                service: 0,
-                flags: sock::REVNAT,
-                gen: 0,
-                addr: [0; 4],
-                orig_addr: [0; 4],
-                port: 0,
-                orig_port: 0,
-                _pad: 0,
-            };
+            let mut st = SockState { flags: sock::REVNAT, ..SockState::default() };
             // SAFETY: the socket of the program's own context.
             let p = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut st)) };
             if !p.is_null() {

@@ -81,17 +81,7 @@ fn past_the_tables_capacity_sockets_are_tracked_in_their_storage() {
     t.service("127.0.0.1:7502", Proto::Tcp, Algo::LeastConn, &[b[0].addr]);
     // Fill the table with entries no socket has (cookies are counted up from 1).
     let mut table = conns(&t);
-    let filler = SockState {
-        backend: 0,
-        service: 0,
-        flags: 0,
-        gen: 0,
-        addr: [0; 4],
-        orig_addr: [0; 4],
-        port: 0,
-        orig_port: 0,
-        _pad: 0,
-    };
+    let filler = SockState::default();
     for i in 0..u64::from(MAX_CONNS) {
         table.insert(u64::MAX - i, filler, 0).expect("filling CONNS");
     }

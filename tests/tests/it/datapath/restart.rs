@@ -132,19 +132,9 @@ fn pins_of_an_agent_without_the_newer_maps_keep_serving_after_an_upgrade() {
     drop(t.datapath.take());
     let maps = maps_dir(&t.bpf.path);
     use viking_common::maps::*;
-    for name in [
-        SOCKS,
-        PORTS,
-        HEALTH_CONFIG,
-        SERVICE_HEALTH,
-        BACKEND_HEALTH,
-        STALE,
-        FLAGS,
-        ENDED,
-        CONNS,
-        CONN_PORTS,
-        CONN_STATS,
-    ] {
+    // NB: PINNED lists the maps in the order they came; from SOCKS on, they came after.
+    let newer = PINNED.iter().position(|m| *m == SOCKS).unwrap();
+    for name in &PINNED[newer..] {
         std::fs::remove_file(maps.join(name)).unwrap();
     }
     for link in ["end_udp", "end_tcp"] {
