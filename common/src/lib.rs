@@ -84,6 +84,12 @@ pub mod programs {
     /// Socket iterators that end sockets pinned to a backend that left (bpf_sock_destroy).
     pub const END_UDP: &str = "end_udp";
     pub const END_TCP: &str = "end_tcp";
+    /// Programs that only return, on the two hooks every TCP connection runs (connect4 at
+    /// connect(), sock_release at close). The agent never attaches them: a benchmark does,
+    /// beside the datapath's, to read what a run that does nothing costs on the machine
+    /// (the floor of BPF_ENABLE_STATS' per-run time).
+    pub const FLOOR_CONNECT4: &str = "floor_connect4";
+    pub const FLOOR_RELEASE: &str = "floor_release";
 }
 
 /// Capacity of the service table (keys) and of the service id space.

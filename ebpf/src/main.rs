@@ -72,6 +72,19 @@ pub fn syn_retransmit(ctx: BtfTracePointContext) -> u32 {
     outcome::try_retransmit(&ctx).unwrap_or(0)
 }
 
+/// A connect4 that only allows: the floor a benchmark measures beside `connect4` (never
+/// attached by the agent).
+#[cgroup_sock_addr(connect4)]
+pub fn floor_connect4(_ctx: SockAddrContext) -> i32 {
+    ALLOW
+}
+
+/// A sock_release that does nothing: the floor beside `viking_release`.
+#[cgroup_sock(sock_release)]
+pub fn floor_release(_ctx: SockContext) -> i32 {
+    1
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

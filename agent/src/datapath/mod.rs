@@ -3,8 +3,11 @@
 //! - `programs`: load the embedded object, attach to a cgroup, pin maps and links.
 //! - `table`: the typed service table (upsert/remove/list with counters).
 //! - `spec`: the plain types the rest of the agent speaks.
+//! - `floor`: no-op programs a benchmark attaches beside the datapath's, to measure a run's
+//!   floor.
 mod btf;
 mod error;
+mod floor;
 mod health;
 mod ids;
 pub mod log;
@@ -21,6 +24,7 @@ use std::path::{Path, PathBuf};
 use viking_common::{RevNatKey, RevNatValue, SockBackend};
 
 pub use error::DatapathError;
+pub use floor::Floor;
 /// How many programs the agent attaches (their links pinned under `<bpffs>/links/`).
 pub const PROGRAMS: usize = programs::ALL.len();
 pub use health::Health;

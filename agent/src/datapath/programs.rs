@@ -163,7 +163,7 @@ pub fn attach_iterators(ebpf: &mut Ebpf, can_end_sockets: bool, links_dir: &Path
 }
 
 /// The program `name` of the object, as its type.
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
 {

@@ -30,6 +30,13 @@ pub struct Counters {
     pub runs: u64,
 }
 
+impl std::ops::Add for Counters {
+    type Output = Self;
+    fn add(self, rhs: Self) -> Self {
+        Self { run_ns: self.run_ns + rhs.run_ns, runs: self.runs + rhs.runs }
+    }
+}
+
 impl std::ops::Sub for Counters {
     type Output = Self;
     fn sub(self, rhs: Self) -> Self {
@@ -47,6 +54,11 @@ pub fn read(bpffs: &Path, name: &str) -> anyhow::Result<Counters> {
         .with_context(|| format!("opening the link pinned at {}", path.display()))?
         .into();
     let id = link.info().with_context(|| format!("link info of {name}"))?.program_id();
+    by_id(id).with_context(|| format!("the program pinned at {}", path.display()))
+}
+
+/// The counters of the loaded program `id`.
+pub fn by_id(id: u32) -> anyhow::Result<Counters> {
     for info in aya::programs::loaded_programs() {
         let info = info.context("listing loaded programs")?;
         if info.id() == id {
@@ -56,7 +68,7 @@ pub fn read(bpffs: &Path, name: &str) -> anyhow::Result<Counters> {
             });
         }
     }
-    anyhow::bail!("program {id} ({name}) is not loaded")
+    anyhow::bail!("program {id} is not loaded")
 }
 
 /// The counters of every program in `PROGRAMS`, in that order.

@@ -193,7 +193,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     step("connect latency against the number of services");
     latency(&mut world, &plan, &mut report)?;
     step("new connections per second");
-    connection_rate(&world, &plan, &mut report)?;
+    connection_rate(&mut world, &plan, &mut report)?;
     step("programming services");
     programming(&world, &plan, &mut report)?;
     step("one of three backends dies mid-run: viking with ejection and without");
@@ -333,7 +333,7 @@ fn throughput(w: &World, plan: &Plan, report: &mut Report) -> anyhow::Result<()>
     Ok(())
 }
 
-fn connection_rate(w: &World, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
+fn connection_rate(w: &mut World, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
     let metric = "new connections/s";
     for rep in 0..plan.cps_reps {
         for path in order(rep) {
@@ -580,27 +580,35 @@ fn latency(w: &mut World, plan: &Plan, report: &mut Report) -> anyhow::Result<()
 
 /// Time spent in the datapath's programs per connection, direct (connect4 finds no service)
 /// and through viking (a hit: backend chosen, address rewritten, socket tracked), from the
-/// kernel's per-program counters.
-fn hook_cost(w: &World, label: &str, samples: usize, report: &mut Report) -> anyhow::Result<()> {
+/// kernel's per-program counters. Programs that only return run beside them on the same
+/// hooks (`Datapath::floor`): what a run costs here before any work.
+fn hook_cost(w: &mut World, label: &str, samples: usize, report: &mut Report) -> anyhow::Result<()> {
     let bpffs = w.bpf.path.clone();
     let revnat = hooks::revnat_entries(&bpffs)?;
+    let floor = w.datapath.floor(&w.cgroup.path).context("attaching the no-op programs")?;
     let _on = hooks::StatsOn::new()?;
-    let before = hooks::read_all(&bpffs)?;
+    let read = || -> anyhow::Result<(Vec<hooks::Counters>, hooks::Counters)> {
+        let floor = floor.ids.iter().try_fold(hooks::Counters::default(), |a, id| {
+            anyhow::Ok(a + hooks::by_id(*id)?)
+        })?;
+        Ok((hooks::read_all(&bpffs)?, floor))
+    };
+    let before = read()?;
     w.latency(Path::Direct, samples)?;
-    let mid = hooks::read_all(&bpffs)?;
+    let mid = read()?;
     w.latency(Path::Viking, samples)?;
-    let after = hooks::read_all(&bpffs)?;
+    let after = read()?;
+    drop(floor);
     let metric = format!("in-kernel hook time per connect, {label}");
+    let floor_metric = format!("in-kernel hook floor per connect, {label}");
     let mut direct_ns = None;
     for (path, from, to) in [(Path::Direct, &before, &mid), (Path::Viking, &mid, &after)] {
-        let runs: Vec<_> = to.iter().zip(from).map(|(t, f)| *t - *f).collect();
+        let runs: Vec<_> = to.0.iter().zip(&from.0).map(|(t, f)| *t - *f).collect();
         let c4 = runs[0];
         let connects = c4.runs.max(1);
         let per = |x: u64| x as f64 / connects as f64;
-        let others = runs[1..].iter().fold(hooks::Counters::default(), |a, c| hooks::Counters {
-            run_ns: a.run_ns + c.run_ns,
-            runs: a.runs + c.runs,
-        });
+        let others = runs[1..].iter().fold(hooks::Counters::default(), |a, c| a + *c);
+        let floor = to.1 - from.1;
         let detail = report::HookDetail {
             when: label.to_owned(),
             revnat_entries: revnat,
@@ -609,6 +617,7 @@ fn hook_cost(w: &World, label: &str, samples: usize, report: &mut Report) -> any
             connect4_ns: per(c4.run_ns),
             socket_ns: per(others.run_ns),
             socket_calls: per(others.runs),
+            floor_ns: Some(per(floor.run_ns)),
         };
         let total = detail.connect4_ns + detail.socket_ns;
         let each: Vec<_> = hooks::PROGRAMS
@@ -617,11 +626,15 @@ fn hook_cost(w: &World, label: &str, samples: usize, report: &mut Report) -> any
             .map(|(name, c)| format!("{name} {:.0} ns/{:.2} runs", per(c.run_ns), per(c.runs)))
             .collect();
         println!(
-            "    {label}: {:<13} {total:.0} ns per connect: {} (REVNAT: {revnat} entries)",
+            "    {label}: {:<13} {total:.0} ns per connect: {} (REVNAT: {revnat} entries); \
+             no-op floor {:.0} ns/{:.2} runs",
             path.name(),
-            each.join(", ")
+            each.join(", "),
+            per(floor.run_ns),
+            per(floor.runs),
         );
         report.row(path.name(), &metric, total, "ns", direct_ns);
+        report.row(path.name(), &floor_metric, per(floor.run_ns), "ns", None);
         direct_ns.get_or_insert(total);
         report.hooks.push(detail);
     }

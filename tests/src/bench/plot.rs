@@ -220,8 +220,8 @@ fn bar_panel(
     Ok(())
 }
 
-/// The hooks' kernel time per connect: connect4 and the socket's other programs, direct against viking, at each
-/// moment it was measured.
+/// The hooks' kernel time per connect: connect4 and the socket's other programs, direct against
+/// viking, at each moment it was measured, with the no-op programs' floor as a line.
 fn hooks(r: &Report, file: &Path) -> anyhow::Result<PathBuf> {
     let mut whens: Vec<&str> = Vec::new();
     for h in &r.hooks {
@@ -268,6 +268,22 @@ fn hooks(r: &Report, file: &Path) -> anyhow::Result<PathBuf> {
             );
             upper.set_margin(0, 0, 14, 14);
             chart.draw_series([lower, upper]).map_err(err)?;
+            // The no-op programs' time on the same hooks: what the runs cost before any work.
+            if let Some(floor) = h.floor_ns {
+                chart
+                    .draw_series([PathElement::new(
+                        [(SegmentValue::Exact(i), floor), (SegmentValue::Exact(i + 1), floor)],
+                        BLACK.stroke_width(2),
+                    )])
+                    .map_err(err)?;
+                chart
+                    .draw_series([Text::new(
+                        format!("no-op floor {floor:.0}"),
+                        (SegmentValue::CenterOf(i), floor + max * 0.03),
+                        (FONT, 10),
+                    )])
+                    .map_err(err)?;
+            }
             chart
                 .draw_series([Text::new(
                     format!("{total:.0} ns ({:.0} + {:.0})", h.connect4_ns, h.socket_ns),

@@ -98,6 +98,10 @@ pub struct HookDetail {
     /// host-wide: anything else on the host that retransmits or is reset adds to them).
     pub socket_ns: f64,
     pub socket_calls: f64,
+    /// Programs that only return, on connect4 and sock_release beside the datapath's, in the
+    /// same pass: what the runs cost before any work (absent in reports from before it).
+    #[serde(default)]
+    pub floor_ns: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
