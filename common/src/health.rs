@@ -29,6 +29,16 @@ pub struct SockState {
     pub _pad: u32,
 }
 
+/// One slot of `CONN_SLOTS`: the state of the socket whose cookie it holds (0: free). A
+/// socket's slot is its cookie modulo the slot count; a socket whose slot is taken by another
+/// goes to `CONNS`. One cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnSlot {
+    pub cookie: u64,
+    pub state: SockState,
+}
+
 /// Bits of `SockState::flags`.
 pub mod sock {
     /// A connected socket (TCP, connected UDP): `addr`/`port` are its backend.
@@ -159,6 +169,7 @@ mod pod {
     use super::*;
     // SAFETY: #[repr(C)], integers only, explicit padding.
     unsafe impl aya::Pod for SockState {}
+    unsafe impl aya::Pod for ConnSlot {}
     unsafe impl aya::Pod for HealthConfig {}
     unsafe impl aya::Pod for ServiceHealth {}
     unsafe impl aya::Pod for BackendHealth {}

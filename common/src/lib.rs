@@ -32,9 +32,11 @@ pub mod maps {
     pub const CONNS: &str = "CONNS";
     pub const CONN_PORTS: &str = "CONN_PORTS";
     pub const CONN_STATS: &str = "CONN_STATS";
+    pub const CONN_SLOTS: &str = "CONN_SLOTS";
+    pub const CONN_FILL: &str = "CONN_FILL";
     /// Every map whose contents must survive an agent restart, in the order they came (the
     /// upgrade test removes the newer ones to play an older agent).
-    pub const PINNED: [&str; 21] = [
+    pub const PINNED: [&str; 23] = [
         SERVICES,
         BACKENDS,
         BACKEND_ACTIVE,
@@ -56,6 +58,8 @@ pub mod maps {
         CONNS,
         CONN_PORTS,
         CONN_STATS,
+        CONN_SLOTS,
+        CONN_FILL,
     ];
 }
 
@@ -108,7 +112,10 @@ pub const LEAST_CONN_SCAN: u32 = 32;
 pub const MAX_REVNAT: u32 = 262_144;
 /// TCP sockets tracked for active-connection counts (by agents before socket storage).
 pub const MAX_TRACKED_SOCKETS: u32 = 262_144;
-/// Redirected connected sockets whose state fits the preallocated table `CONNS` (about
+/// Slots of `CONN_SLOTS`, where a redirected connected socket's state goes first (a slot
+/// per cookie modulo this, 64 bytes each: 4 MiB of kernel memory). A power of two.
+pub const MAX_CONN_SLOTS: u32 = 65_536;
+/// Redirected connected sockets whose slot was taken, in the preallocated hash `CONNS` (about
 /// 7 MiB of kernel memory); past it a socket's state goes to its socket storage (`SOCKS`).
 pub const MAX_CONNS: u32 = 65_536;
 

@@ -1,32 +1,65 @@
 //! The state of each redirected connected socket (TCP, connected UDP), kept by socket cookie
-//! in the preallocated hash `CONNS`, and deleted at the socket's release.
+//! and deleted at the socket's release.
 //!
-//! NB: socket storage (`SOCKS`) did the same job, but creating a socket's storage allocates
-//! and takes two locks: 60% of a redirected connect4. A preallocated hash element costs a
-//! cookie and a lock-free-list pop. Finding it again needs the cookie, which the kernel makes
-//! on first use, for any socket that asks: `CONN_PORTS` (how many tracked sockets are
-//! connected to each port) keeps every other socket from asking. When `CONNS` is full a
-//! socket gets storage instead (`SOCKS`), as before; lookups try both.
-use core::ffi::c_void;
+//! A socket's state goes first to its slot in `CONN_SLOTS` (its cookie modulo the slot
+//! count): claimed by a compare-and-swap of the cookie, freed by its owner, no lock, no hash.
+//! A socket whose slot another holds goes to the preallocated hash `CONNS`; when that is full
+//! too, to its socket storage (`SOCKS`). Lookups try the three in that order.
+//!
+//! NB: socket storage alone did the job before, but creating a socket's storage allocates and
+//! takes two locks: 60% of a redirected connect4; a `CONNS` insert and delete were still half
+//! of the rest. Finding a slot again needs the cookie, which the kernel makes on first use,
+//! for any socket that asks: `CONN_PORTS` (how many tracked sockets are connected to each
+//! port) keeps every other socket from asking.
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_cxchg, AtomicOrdering},
+};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_socket_cookie, bpf_sk_storage_get},
 };
-use viking_common::{conn_stats, sock, SockState, SKC_DPORT_OFFSET};
+use viking_common::{conn_stats, sock, ConnSlot, SockState, MAX_CONN_SLOTS, SKC_DPORT_OFFSET};
 
 use crate::{
     health,
     lb::active,
-    maps::{socks_ptr, CONNS, CONN_PORTS, CONN_STATS},
+    maps::{socks_ptr, CONNS, CONN_FILL, CONN_PORTS, CONN_SLOTS, CONN_STATS},
 };
 
 const EEXIST: i32 = 17;
 
 /// Records `st` for socket `cookie`. A socket connecting again replaces its state: its earlier
-/// backend counts it no more. False when the table is full (nothing recorded).
+/// backend counts it no more. False when the slot is taken and the table full (nothing
+/// recorded).
 #[inline(always)]
 pub fn track(cookie: u64, st: &SockState) -> bool {
+    if let Some(slot) = slot(cookie) {
+        // SAFETY: an aligned u64 inside a map value; the cookie is claimed atomically, so
+        // two sockets of one slot cannot both take it.
+        let (held, claimed) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                &raw mut (*slot).cookie,
+                0,
+                cookie,
+            )
+        };
+        if claimed {
+            // SAFETY: the slot is this socket's now; the socket is locked during connect().
+            unsafe { (*slot).state = *st };
+            fill(1);
+            ports(st.port, 1);
+            count(st);
+            return true;
+        }
+        if held == cookie {
+            // SAFETY: this socket's slot; the socket is locked during connect().
+            replace(unsafe { &mut (*slot).state }, st);
+            count(st);
+            return true;
+        }
+    }
     match CONNS.insert(cookie, st, u64::from(BPF_NOEXIST)) {
         Ok(()) => ports(st.port, 1),
         Err(e) if e == -EEXIST => {
@@ -34,25 +67,42 @@ pub fn track(cookie: u64, st: &SockState) -> bool {
                 return false;
             };
             // SAFETY: this socket's entry; the socket is locked during connect().
-            let old = unsafe { &mut *p };
-            if old.flags & sock::COUNTED != 0 {
-                active(old.backend, u64::MAX); // wrapping -1
-            }
-            if old.port != st.port {
-                ports(old.port, u32::MAX);
-                ports(st.port, 1);
-            }
-            *old = *st;
+            replace(unsafe { &mut *p }, st);
         }
         Err(_) => {
             past_table();
             return false;
         }
     }
+    count(st);
+    true
+}
+
+/// The socket's earlier state gives way to `st`: its backend counts it no more.
+#[inline(always)]
+fn replace(old: &mut SockState, st: &SockState) {
+    if old.flags & sock::COUNTED != 0 {
+        active(old.backend, u64::MAX); // wrapping -1
+    }
+    if old.port != st.port {
+        ports(old.port, u32::MAX);
+        ports(st.port, 1);
+    }
+    *old = *st;
+}
+
+/// The backend counts the socket, for least connections.
+#[inline(always)]
+fn count(st: &SockState) {
     if st.flags & sock::COUNTED != 0 {
         active(st.backend, 1);
     }
-    true
+}
+
+/// The slot of socket `cookie`.
+#[inline(always)]
+fn slot(cookie: u64) -> Option<*mut ConnSlot> {
+    CONN_SLOTS.get_ptr_mut(cookie as u32 & (MAX_CONN_SLOTS - 1))
 }
 
 /// Whether a tracked socket may be connected to `port` (network order). Sockets to any other
@@ -69,6 +119,14 @@ pub fn any_on(port: u16) -> bool {
 /// program writes the entry meanwhile.
 #[inline(always)]
 pub unsafe fn get(cookie: u64) -> Option<&'static mut SockState> {
+    if let Some(slot) = slot(cookie) {
+        // SAFETY: a slot this socket holds stays its own while the caller holds the socket.
+        unsafe {
+            if (*slot).cookie == cookie {
+                return Some(&mut (*slot).state);
+            }
+        }
+    }
     // SAFETY: an entry of a preallocated hash, valid while the caller holds the socket.
     CONNS.get_ptr_mut(cookie).map(|p| unsafe { &mut *p })
 }
@@ -101,8 +159,30 @@ pub unsafe fn of_sock(sk: *mut c_void) -> Option<(&'static mut SockState, Option
 /// Deletes the entry of socket `cookie` (at its release or its ending), connected to `port`.
 #[inline(always)]
 pub fn forget(cookie: u64, port: u16) {
+    if let Some(slot) = slot(cookie) {
+        // SAFETY: only the socket holding a slot frees it; others only read its cookie.
+        unsafe {
+            if (*slot).cookie == cookie {
+                core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
+                fill(u64::MAX);
+                ports(port, u32::MAX);
+                return;
+            }
+        }
+    }
     if CONNS.remove(cookie).is_ok() {
         ports(port, u32::MAX);
+    }
+}
+
+/// Adds `delta` (wrapping) to this CPU's count of slots taken.
+#[inline(always)]
+fn fill(delta: u64) {
+    if let Some(n) = CONN_FILL.get_ptr_mut(0) {
+        // NB: atomic although per CPU: a program preempted here by another on this CPU would
+        // lose an update, and the count would stay off. The line is this CPU's: no bouncing.
+        // SAFETY: this CPU's slot of a per-CPU array.
+        health::add(unsafe { &mut *n }, delta);
     }
 }
 

@@ -9,10 +9,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use viking_common::{
-    conn_stats, ended, flags, Backend, BackendHealth, BackendKey, HealthConfig, RevNatKey,
-    RevNatValue, ServiceHealth, ServiceKey, ServiceStats, ServiceValue, SockBackend, SockState,
-    StaleKey, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNS, MAX_REVNAT, MAX_SERVICES, MAX_STALE,
-    MAX_TRACKED_SOCKETS, PORT_SLOTS, SERVICE_NAME_LEN,
+    conn_stats, ended, flags, Backend, BackendHealth, BackendKey, ConnSlot, HealthConfig,
+    RevNatKey, RevNatValue, ServiceHealth, ServiceKey, ServiceStats, ServiceValue, SockBackend,
+    SockState, StaleKey, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNS, MAX_CONN_SLOTS, MAX_REVNAT,
+    MAX_SERVICES, MAX_STALE, MAX_TRACKED_SOCKETS, PORT_SLOTS, SERVICE_NAME_LEN,
 };
 
 // NB: not preallocated, so that an update replaces the element through RCU and a reader sees
@@ -61,12 +61,21 @@ pub static SERVICE_NAMES: HashMap<u32, [u8; SERVICE_NAME_LEN]> =
 
 // ---- Passive health, per-socket state, stale-socket ending (docs/datapath.md) ----
 
-/// Per-socket state of the redirected connected sockets (TCP, connected UDP), by socket
-/// cookie (conns.rs). Preallocated: tracking a socket allocates nothing.
+/// Per-socket state of the redirected connected sockets (TCP, connected UDP), in the slot of
+/// their socket cookie (conns.rs): no lock, no hash.
+#[map]
+pub static CONN_SLOTS: Array<ConnSlot> = Array::with_max_entries(MAX_CONN_SLOTS, 0);
+
+/// Slots taken (the sum over CPUs; each CPU's own share may be negative).
+#[map]
+pub static CONN_FILL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The state of sockets whose slot another socket holds, by socket cookie. Preallocated:
+/// tracking a socket allocates nothing.
 #[map]
 pub static CONNS: HashMap<u64, SockState> = HashMap::with_max_entries(MAX_CONNS, 0);
 
-/// How many `CONNS` entries are connected to each port (index: the port in network order).
+/// How many tracked sockets (`CONN_SLOTS`, `CONNS`) are connected to each port (index: the port in network order).
 /// A socket to a port with none is not looked up (no cookie made) at its release.
 #[map]
 pub static CONN_PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);

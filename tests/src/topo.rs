@@ -10,7 +10,7 @@ use viking::datapath::{
     Algo, Datapath, DatapathConfig, Frontend, Proto, ServiceSpec, ServiceTable,
 };
 
-use viking_common::{maps, SockState};
+use viking_common::{maps, ConnSlot, SockState};
 
 use crate::{
     backend::Backend,
@@ -98,8 +98,9 @@ impl Topo {
         run_probe(self.probe_cmd(args))
     }
 
-    /// Sockets the datapath tracks by cookie (entries of `CONNS`), and the same counted per
-    /// destination port (the sum of `CONN_PORTS`): both 0 once every redirected socket closed.
+    /// Sockets the datapath tracks by cookie (slots of `CONN_SLOTS` taken, entries of
+    /// `CONNS`), and the same counted per destination port (the sum of `CONN_PORTS`): both 0
+    /// once every redirected socket closed.
     pub fn tracked_sockets(&self) -> (usize, u64) {
         use aya::maps::{Array, HashMap, Map, MapData};
         let dir = viking::datapath::maps_dir(&self.bpf.path);
@@ -107,9 +108,13 @@ impl Topo {
         let conns: HashMap<_, u64, SockState> =
             Map::HashMap(data).try_into().expect("CONNS is a hash");
         let entries = conns.keys().filter(Result::is_ok).count();
+        let data = MapData::from_pin(dir.join(maps::CONN_SLOTS)).expect("CONN_SLOTS pinned");
+        let slots: Array<_, ConnSlot> =
+            Map::Array(data).try_into().expect("CONN_SLOTS is an array");
+        let taken = slots.iter().filter_map(Result::ok).filter(|s| s.cookie != 0).count();
         let data = MapData::from_pin(dir.join(maps::CONN_PORTS)).expect("CONN_PORTS pinned");
         let ports: Array<_, u32> = Map::Array(data).try_into().expect("CONN_PORTS is an array");
-        (entries, ports.iter().filter_map(Result::ok).map(u64::from).sum())
+        (entries + taken, ports.iter().filter_map(Result::ok).map(u64::from).sum())
     }
 
     /// Starts a long-running probe (hold, loop, stream) with stdin and stdout piped.

@@ -33,9 +33,10 @@ impl Datapath {
                 }
                 let id = prog.info().map_err(err)?.id();
                 let link = prog.attach(&cg, CgroupAttachMode::Single).map_err(err)?;
-                let link: FdLink = prog.take_link(link).map_err(err)?.try_into().map_err(
-                    |source| DatapathError::Link { path: cgroup.to_owned(), source },
-                )?;
+                let link: FdLink =
+                    prog.take_link(link).map_err(err)?.try_into().map_err(|source| {
+                        DatapathError::Link { path: cgroup.to_owned(), source }
+                    })?;
                 (link, id)
             }};
         }

@@ -103,7 +103,7 @@ pub struct EndedSockets {
     pub failed_sweeps: u64,
 }
 
-/// The redirected sockets the datapath tracks (`CONNS`, socket cookie to state).
+/// The redirected sockets the datapath tracks (`CONN_SLOTS` and `CONNS`, by socket cookie).
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct TrackedSockets {
     /// In the table now.
@@ -145,6 +145,7 @@ pub struct ServiceTable {
     flags: Array<MapData, u32>,
     ended: Array<MapData, u64>,
     conns: HashMap<MapData, u64, SockState>,
+    conn_fill: PerCpuArray<MapData, u64>,
     conn_stats: Array<MapData, u64>,
     sweeper: Sweeper,
     service_ids: IdPool,
@@ -224,6 +225,7 @@ impl ServiceTable {
             flags: open_map(dir, maps::FLAGS)?.try_into().map_err(op(maps::FLAGS))?,
             ended: open_map(dir, maps::ENDED)?.try_into().map_err(op(maps::ENDED))?,
             conns: open_map(dir, maps::CONNS)?.try_into().map_err(op(maps::CONNS))?,
+            conn_fill: open_map(dir, maps::CONN_FILL)?.try_into().map_err(op(maps::CONN_FILL))?,
             conn_stats: open_map(dir, maps::CONN_STATS)?
                 .try_into()
                 .map_err(op(maps::CONN_STATS))?,
@@ -711,13 +713,20 @@ impl ServiceTable {
 }
 
 impl ServiceTable {
-    /// How many redirected sockets are tracked, and how many found the table full. The
-    /// entries are counted one key at a time (a syscall each, ~65 ms for a full table).
+    /// How many redirected sockets are tracked, and how many found the table full: the slots
+    /// taken (the programs' per-CPU count) and the entries of the overflow hash, counted one
+    /// key at a time (a syscall each; it holds only sockets whose slot was taken).
     pub fn sockets(&self) -> Result<TrackedSockets> {
         let past_table =
             self.conn_stats.get(&conn_stats::PAST_TABLE, 0).map_err(op(maps::CONN_STATS))?;
-        let tracked = self.conns.keys().filter(std::result::Result::is_ok).count() as u64;
-        Ok(TrackedSockets { tracked, past_table })
+        let slots = self
+            .conn_fill
+            .get(&0, 0)
+            .map_err(op(maps::CONN_FILL))?
+            .iter()
+            .fold(0u64, |a, n| a.wrapping_add(*n));
+        let overflow = self.conns.keys().filter(std::result::Result::is_ok).count() as u64;
+        Ok(TrackedSockets { tracked: slots.wrapping_add(overflow), past_table })
     }
 }
 

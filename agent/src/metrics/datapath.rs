@@ -12,7 +12,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
-use viking_common::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNS, MAX_SERVICES};
+use viking_common::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNS, MAX_CONN_SLOTS, MAX_SERVICES};
 
 use crate::datapath::{
     maps_dir, Datapath, DatapathError, ServiceStatus, ServiceTable, TrackedSockets,
@@ -109,7 +109,7 @@ pub fn occupancy(services: &[ServiceStatus], sockets: Option<&TrackedSockets>) -
         ("backend_slots", backends, u64::from(MAX_BACKEND_SLOTS)),
     ];
     if let Some(s) = sockets {
-        o.push(("sockets", s.tracked, u64::from(MAX_CONNS)));
+        o.push(("sockets", s.tracked, u64::from(MAX_CONN_SLOTS + MAX_CONNS)));
     }
     o
 }

@@ -582,15 +582,21 @@ fn latency(w: &mut World, plan: &Plan, report: &mut Report) -> anyhow::Result<()
 /// and through viking (a hit: backend chosen, address rewritten, socket tracked), from the
 /// kernel's per-program counters. Programs that only return run beside them on the same
 /// hooks (`Datapath::floor`): what a run costs here before any work.
-fn hook_cost(w: &mut World, label: &str, samples: usize, report: &mut Report) -> anyhow::Result<()> {
+fn hook_cost(
+    w: &mut World,
+    label: &str,
+    samples: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let bpffs = w.bpf.path.clone();
     let revnat = hooks::revnat_entries(&bpffs)?;
     let floor = w.datapath.floor(&w.cgroup.path).context("attaching the no-op programs")?;
     let _on = hooks::StatsOn::new()?;
     let read = || -> anyhow::Result<(Vec<hooks::Counters>, hooks::Counters)> {
-        let floor = floor.ids.iter().try_fold(hooks::Counters::default(), |a, id| {
-            anyhow::Ok(a + hooks::by_id(*id)?)
-        })?;
+        let floor = floor
+            .ids
+            .iter()
+            .try_fold(hooks::Counters::default(), |a, id| anyhow::Ok(a + hooks::by_id(*id)?))?;
         Ok((hooks::read_all(&bpffs)?, floor))
     };
     let before = read()?;

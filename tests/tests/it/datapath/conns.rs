@@ -1,11 +1,12 @@
-//! The redirected sockets' state, kept by socket cookie in a preallocated table (CONNS): each
-//! socket's entry goes with the socket, whichever way its connect ended, and past the table's
-//! capacity sockets are tracked in their socket storage instead, with nothing lost.
+//! The redirected sockets' state, kept by socket cookie in a slot (CONN_SLOTS), else in a
+//! preallocated hash (CONNS): each socket's entry goes with the socket, whichever way its
+//! connect ended; a socket whose slot is taken goes to the hash, and past the hash's capacity
+//! to its socket storage, with nothing lost.
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use viking::datapath::{maps_dir, Algo, Proto};
-use viking_common::{maps, SockState, MAX_CONNS};
+use viking_common::{maps, ConnSlot, SockState, MAX_CONNS, MAX_CONN_SLOTS};
 use viking_tests::{
     probe::Summary,
     topo::{finish, read_until_ready, Topo, SERVER_IPS},
@@ -14,6 +15,26 @@ use viking_tests::{
 fn conns(t: &Topo) -> HashMap<MapData, u64, SockState> {
     let data = MapData::from_pin(maps_dir(&t.bpf.path).join(maps::CONNS)).expect("CONNS pinned");
     Map::HashMap(data).try_into().expect("CONNS is a hash")
+}
+
+fn slots(t: &Topo) -> Array<MapData, ConnSlot> {
+    let data =
+        MapData::from_pin(maps_dir(&t.bpf.path).join(maps::CONN_SLOTS)).expect("CONN_SLOTS pinned");
+    Map::Array(data).try_into().expect("CONN_SLOTS is an array")
+}
+
+/// Cookies no socket has (the kernel counts them up from 1).
+fn fake(i: u64) -> u64 {
+    u64::MAX - i
+}
+
+/// Takes every slot with a cookie no socket has (`on`), or frees them all.
+fn take_every_slot(t: &Topo, on: bool) {
+    let mut slots = slots(t);
+    for i in 0..MAX_CONN_SLOTS {
+        let cookie = if on { fake(u64::from(i)) } else { 0 };
+        slots.set(i, ConnSlot { cookie, state: SockState::default() }, 0).expect("CONN_SLOTS");
+    }
 }
 
 /// Waits (5 s at most) until no socket is tracked and no backend counts an open connection.
@@ -75,34 +96,48 @@ fn each_socket_leaves_the_table_however_its_connect_ended() {
 }
 
 #[test]
-fn past_the_tables_capacity_sockets_are_tracked_in_their_storage() {
+fn sockets_whose_slot_is_taken_go_to_the_hash_and_past_it_to_their_storage() {
     let mut t = Topo::new();
     let b = t.tcp_backends(8000);
     t.service("127.0.0.1:7502", Proto::Tcp, Algo::LeastConn, &[b[0].addr]);
-    // Fill the table with entries no socket has (cookies are counted up from 1).
-    let mut table = conns(&t);
-    let filler = SockState::default();
-    for i in 0..u64::from(MAX_CONNS) {
-        table.insert(u64::MAX - i, filler, 0).expect("filling CONNS");
-    }
+    take_every_slot(&t, true);
 
-    let mut holder = t.probe_spawn(&["hold", "127.0.0.1:7502", "5"]);
-    let held = read_until_ready(&mut holder);
+    let mut in_hash = t.probe_spawn(&["hold", "127.0.0.1:7502", "5"]);
+    let held = read_until_ready(&mut in_hash);
+    assert!(
+        held.iter().all(|c| c.peer.as_deref() == Some("127.0.0.1:7502")),
+        "getpeername reports the ambassador from the hash: {held:?}"
+    );
+    let mut table = conns(&t);
+    assert_eq!(table.keys().filter(Result::is_ok).count(), 5, "in CONNS, their slots taken");
+    assert_eq!(t.table().sockets().unwrap().tracked, 5, "as viking status shows");
+
+    // Fill the rest of the hash with entries no socket has.
+    let filler = SockState::default();
+    let rest = u64::from(MAX_CONNS) - 5;
+    for i in 0..rest {
+        table.insert(fake(i), filler, 0).expect("filling CONNS");
+    }
+    let mut in_storage = t.probe_spawn(&["hold", "127.0.0.1:7502", "5"]);
+    let held = read_until_ready(&mut in_storage);
     assert!(
         held.iter().all(|c| c.peer.as_deref() == Some("127.0.0.1:7502")),
         "getpeername reports the ambassador from the socket storage: {held:?}"
     );
-    assert_eq!(t.table().list().unwrap()[0].backends[0].active, 5, "counted without CONNS");
+    assert_eq!(t.table().list().unwrap()[0].backends[0].active, 10, "all counted");
     let past = t.table().sockets().unwrap().past_table;
     assert_eq!(past, 5, "the metrics show the sockets that found the table full");
-    let summary: Summary = finish(holder);
-    assert_eq!(summary.ok, 5);
-
-    for i in 0..u64::from(MAX_CONNS) {
-        table.remove(&(u64::MAX - i)).expect("emptying CONNS");
+    for holder in [in_hash, in_storage] {
+        let summary: Summary = finish(holder);
+        assert_eq!(summary.ok, 5);
     }
-    // Room again: new sockets go to the table, and leave it.
+
+    for i in 0..rest {
+        table.remove(&fake(i)).expect("emptying CONNS");
+    }
+    take_every_slot(&t, false);
+    // Room again: new sockets go to their slots, and leave them.
     let ok = t.probe(&["tcp", "127.0.0.1:7502", "10"]);
     assert!(ok.iter().all(|c| c.peer.as_deref() == Some("127.0.0.1:7502")), "{ok:?}");
-    assert_all_gone(&mut t, "after sockets in storage and in the table closed");
+    assert_all_gone(&mut t, "after sockets in the hash, in storage and in slots closed");
 }
