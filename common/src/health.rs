@@ -127,11 +127,14 @@ pub mod flags {
 
 /// Indexes of the `CONN_STATS` counters.
 pub mod conn_stats {
-    /// Sockets whose state went to their socket storage because `CONNS` was full (ever).
-    /// (How many are in `CONNS` now the agent counts from the map: no counter on the
-    /// connect path.)
+    /// Sockets whose state went to their socket storage because their slot was taken and
+    /// `CONNS` was full (ever).
     pub const PAST_TABLE: u32 = 0;
-    pub const COUNT: u32 = 1;
+    /// Entries in `CONNS` now (sockets whose slot was taken). While it is 0, a socket found
+    /// in its slot is not looked up in `CONNS` too. (A map pinned by an agent from before
+    /// the slots lacks this index: the programs then always look.)
+    pub const HASHED: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Indexes of the `ENDED` counters.

@@ -61,7 +61,10 @@ pub fn track(cookie: u64, st: &SockState) -> bool {
         }
     }
     match CONNS.insert(cookie, st, u64::from(BPF_NOEXIST)) {
-        Ok(()) => ports(st.port, 1),
+        Ok(()) => {
+            ports(st.port, 1);
+            stat(conn_stats::HASHED, 1);
+        }
         Err(e) if e == -EEXIST => {
             let Some(p) = CONNS.get_ptr_mut(cookie) else {
                 return false;
@@ -70,7 +73,7 @@ pub fn track(cookie: u64, st: &SockState) -> bool {
             replace(unsafe { &mut *p }, st);
         }
         Err(_) => {
-            past_table();
+            stat(conn_stats::PAST_TABLE, 1);
             return false;
         }
     }
@@ -127,8 +130,8 @@ pub unsafe fn get(cookie: u64) -> Option<&'static mut SockState> {
             }
         }
     }
-    // SAFETY: an entry of a preallocated hash, valid while the caller holds the socket.
-    CONNS.get_ptr_mut(cookie).map(|p| unsafe { &mut *p })
+    // SAFETY: as the caller promises.
+    unsafe { get_hashed(cookie) }
 }
 
 /// The state of a kernel socket (`struct sock *` of a tracing or iterator program): in
@@ -156,9 +159,15 @@ pub unsafe fn of_sock(sk: *mut c_void) -> Option<(&'static mut SockState, Option
     unsafe { p.cast::<SockState>().as_mut() }.map(|st| (st, None))
 }
 
-/// Deletes the entry of socket `cookie` (at its release or its ending), connected to `port`.
+/// Deletes the state of socket `cookie` (at its release or its ending), connected to `port`:
+/// its slot, and its `CONNS` entry. A socket can have both: one that connected again after a
+/// failed connect found its slot free the second time, taken the first (that entry is
+/// uncounted here).
+///
+/// # Safety
+/// As `get`.
 #[inline(always)]
-pub fn forget(cookie: u64, port: u16) {
+pub unsafe fn forget(cookie: u64, port: u16) {
     if let Some(slot) = slot(cookie) {
         // SAFETY: only the socket holding a slot frees it; others only read its cookie.
         unsafe {
@@ -166,13 +175,34 @@ pub fn forget(cookie: u64, port: u16) {
                 core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
                 fill(u64::MAX);
                 ports(port, u32::MAX);
-                return;
             }
         }
     }
-    if CONNS.remove(cookie).is_ok() {
-        ports(port, u32::MAX);
+    // SAFETY: as the caller promises.
+    if let Some(st) = unsafe { get_hashed(cookie) } {
+        if st.flags & sock::COUNTED != 0 {
+            st.flags &= !sock::COUNTED;
+            active(st.backend, u64::MAX); // wrapping -1
+        }
+        let port = st.port;
+        if CONNS.remove(cookie).is_ok() {
+            ports(port, u32::MAX);
+            stat(conn_stats::HASHED, u64::MAX);
+        }
     }
+}
+
+/// The state of socket `cookie` in `CONNS`, if any socket may be there at all.
+///
+/// # Safety
+/// As `get`.
+#[inline(always)]
+pub unsafe fn get_hashed(cookie: u64) -> Option<&'static mut SockState> {
+    if CONN_STATS.get(conn_stats::HASHED).is_some_and(|n| *n == 0) {
+        return None;
+    }
+    // SAFETY: an entry of a preallocated hash, valid while the caller holds the socket.
+    CONNS.get_ptr_mut(cookie).map(|p| unsafe { &mut *p })
 }
 
 /// Adds `delta` (wrapping) to this CPU's count of slots taken.
@@ -186,12 +216,12 @@ fn fill(delta: u64) {
     }
 }
 
-/// Counts a socket that found the table full.
+/// Adds `delta` (wrapping) to the counter `CONN_STATS[i]`.
 #[inline(always)]
-fn past_table() {
-    if let Some(n) = CONN_STATS.get_ptr_mut(conn_stats::PAST_TABLE) {
+fn stat(i: u32, delta: u64) {
+    if let Some(n) = CONN_STATS.get_ptr_mut(i) {
         // SAFETY: an array slot shared by all CPUs.
-        health::add(unsafe { &mut *n }, 1);
+        health::add(unsafe { &mut *n }, delta);
     }
 }
 

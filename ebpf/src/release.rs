@@ -52,12 +52,14 @@ pub fn try_release(ctx: &SockContext) -> Result<i32, i32> {
         // SAFETY: the socket is being released: nothing else runs on it.
         if let Some(st) = unsafe { conns::get(cookie) } {
             end(ctx, st, proto, state, port);
-            conns::forget(cookie, st.port);
+            let port = st.port;
+            // SAFETY: as above.
+            unsafe { conns::forget(cookie, port) };
             tracked = true;
         }
     }
     // NB: also for a socket found above: one that connected again may have counted its first
-    // backend in its storage (when CONNS was full then).
+    // backend in its storage (when its slot was taken and CONNS full then).
     // SAFETY: a lookup (no create) of the storage of the program's own socket.
     let p = unsafe { bpf_sk_storage_get(socks_ptr(), ctx.sock.cast(), core::ptr::null_mut(), 0) };
     // SAFETY: the socket is being released: nothing else runs on it.

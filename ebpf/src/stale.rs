@@ -72,7 +72,9 @@ fn end_if_stale(sk: *mut c_void, skc: *mut c_void, counter: u32) {
         // socket keeps its port and leaves at its release, uncounted there.)
         if counter == ended::UDP {
             if let Some(cookie) = cookie {
-                conns::forget(cookie, st.port);
+                let port = st.port;
+                // SAFETY: the iterator holds the socket.
+                unsafe { conns::forget(cookie, port) };
             }
         }
     }

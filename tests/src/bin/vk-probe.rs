@@ -7,6 +7,9 @@
 //!   vk-probe udp ADDR [connected]  one datagram by sendto (or connect+send), one reply
 //!   vk-probe udp-pinned ADDR       connected UDP: one exchange, print "ready", wait for a line
 //!                                  on stdin, then the same socket again and a new socket
+//!   vk-probe reconnect ADDR1 ADDR2  one TCP socket: connect to ADDR1, print the outcome and
+//!                                  "ready", wait for a line on stdin, connect the same socket
+//!                                  to ADDR2 (as after a failed connect), greet, close
 //!   vk-probe hold ADDR N           open N connections, print them, print "ready", wait for
 //!                                  stdin to close, then check each still echoes
 //!   vk-probe stream ADDR BYTES     ask for BYTES and read them all
@@ -48,6 +51,10 @@ fn main() {
         }
         Some("udp") => emit(&udp_once(addr, arg(3) == "connected")),
         Some("udp-pinned") => udp_pinned(addr),
+        Some("reconnect") => {
+            let second: SocketAddr = arg(3).parse().unwrap_or_else(|_| usage());
+            reconnect(addr, second);
+        }
         Some("hold") => hold(addr, arg(3).parse().unwrap_or(1)),
         Some("stream") => stream(addr, arg(3).parse().unwrap_or(0)),
         Some("loop") => connect_loop(addr),
@@ -206,6 +213,42 @@ fn udp_pinned(addr: SocketAddr) {
     // The same socket: ended by the datapath if its backend left.
     emit(&exchange(&sock));
     emit(&udp_once(addr, true));
+}
+
+/// One TCP socket connected twice: a failed connect disconnects it, and it may connect again.
+fn reconnect(first: SocketAddr, second: SocketAddr) {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::AsRawFd as _;
+    let family = if first.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = match socket(family, SockType::Stream, SockFlag::empty(), None) {
+        Ok(fd) => fd,
+        Err(e) => return emit(&failed(&e.into())),
+    };
+    let attempt = |to: SocketAddr| connect(fd.as_raw_fd(), &SockaddrStorage::from(to));
+    match attempt(first) {
+        Ok(()) => {
+            emit(&Conn { peer: Some(first.to_string()), reply: None, errno: None, error: None })
+        }
+        Err(e) => emit(&failed(&e.into())),
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    if let Err(e) = attempt(second) {
+        return emit(&failed(&e.into()));
+    }
+    let s = TcpStream::from(fd);
+    let _ = s.set_read_timeout(Some(timeout()));
+    let peer = s.peer_addr().ok().map(|p| p.to_string());
+    let mut r = BufReader::new(s);
+    let mut greeting = String::new();
+    match r.read_line(&mut greeting) {
+        Ok(_) => {
+            emit(&Conn { peer, reply: Some(greeting.trim().to_owned()), errno: None, error: None })
+        }
+        Err(e) => emit(&failed(&e)),
+    }
 }
 
 fn wait_stdin_eof() {

@@ -2,13 +2,16 @@
 //! preallocated hash (CONNS): each socket's entry goes with the socket, whichever way its
 //! connect ended; a socket whose slot is taken goes to the hash, and past the hash's capacity
 //! to its socket storage, with nothing lost.
-use std::time::{Duration, Instant};
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use viking::datapath::{maps_dir, Algo, Proto};
 use viking_common::{maps, ConnSlot, SockState, MAX_CONNS, MAX_CONN_SLOTS};
 use viking_tests::{
-    probe::Summary,
+    probe::{Conn, Summary},
     topo::{finish, read_until_ready, Topo, SERVER_IPS},
 };
 
@@ -140,4 +143,30 @@ fn sockets_whose_slot_is_taken_go_to_the_hash_and_past_it_to_their_storage() {
     let ok = t.probe(&["tcp", "127.0.0.1:7502", "10"]);
     assert!(ok.iter().all(|c| c.peer.as_deref() == Some("127.0.0.1:7502")), "{ok:?}");
     assert_all_gone(&mut t, "after sockets in the hash, in storage and in slots closed");
+}
+
+#[test]
+fn a_socket_connected_again_after_a_failed_connect_leaves_nothing_behind() {
+    let mut t = Topo::new();
+    let b = t.tcp_backends(8000);
+    t.service("127.0.0.1:7503", Proto::Tcp, Algo::LeastConn, &[b[0].addr]);
+    let closed = format!("{}:8999", SERVER_IPS[1]).parse().unwrap();
+    t.service("127.0.0.1:7504", Proto::Tcp, Algo::LeastConn, &[closed]);
+    take_every_slot(&t, true);
+
+    let mut probe = t.probe_spawn(&["reconnect", "127.0.0.1:7504", "127.0.0.1:7503"]);
+    let first = read_until_ready(&mut probe);
+    assert_eq!(first[0].errno, Some(libc::ECONNREFUSED), "{first:?}");
+    assert_eq!(
+        conns(&t).keys().filter(Result::is_ok).count(),
+        1,
+        "its first connect went to the hash: its slot was taken"
+    );
+    // Its slot is free for the second connect: the socket has a slot and a hash entry.
+    take_every_slot(&t, false);
+    probe.stdin.as_mut().expect("stdin piped").write_all(b"again\n").expect("probe stdin");
+    let second: Conn = finish(probe);
+    assert_eq!(second.peer.as_deref(), Some("127.0.0.1:7503"), "{second:?}");
+    assert!(second.reply.is_some(), "the backend greeted: {second:?}");
+    assert_all_gone(&mut t, "after a socket connected twice closed");
 }
