@@ -279,7 +279,7 @@ fn hooks(r: &Report, file: &Path) -> anyhow::Result<PathBuf> {
                 chart
                     .draw_series([Text::new(
                         format!("no-op floor {floor:.0}"),
-                        (SegmentValue::CenterOf(i), floor + max * 0.03),
+                        (SegmentValue::Exact(i), floor + max * 0.07),
                         (FONT, 10),
                     )])
                     .map_err(err)?;
