@@ -8,7 +8,7 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter, Program, ProgramError,
+        BtfTracePoint, CgroupSock, CgroupSockAddr, Iter, Program, ProgramError,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -80,27 +80,42 @@ pub fn load(maps_dir: &Path) -> Result<Loaded> {
     Ok(Loaded { ebpf, can_end_sockets, created })
 }
 
+/// Loads program `$name` of `$ebpf` as a `$ty` (unless it is loaded already) and attaches it
+/// to the cgroup file `$cg`; `$path` names the link in errors. Gives its link, unpinned (it
+/// detaches when dropped), and the program's kernel id.
+// NB: a macro, not a function: aya's program types share these methods but no trait.
+macro_rules! cgroup_link {
+    ($ebpf:expr, $ty:ty, $name:expr, $cg:expr, $path:expr) => {{
+        let name: &'static str = $name;
+        let err = |source| $crate::datapath::DatapathError::Program { name, source };
+        let prog: &mut $ty = $crate::datapath::programs::program($ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(err)?;
+        }
+        let id = prog.info().map_err(err)?.id();
+        // NB: with bpf_link (kernel 5.7+) "Single" means flags 0, and links on one cgroup
+        // still run side by side; BPF_F_ALLOW_MULTI is refused there with EINVAL.
+        let link = prog.attach($cg, aya::programs::CgroupAttachMode::Single).map_err(err)?;
+        let link: aya::programs::links::FdLink = prog
+            .take_link(link)
+            .map_err(err)?
+            .try_into()
+            .map_err(|source| $crate::datapath::DatapathError::Link { path: $path, source })?;
+        (link, id)
+    }};
+}
+pub(super) use cgroup_link;
+
 /// Attaches every program to `cgroup` and pins its link under `links_dir`.
 ///
 /// A link pinned by an earlier agent stays attached until the new one is in place, so that
 /// sockets see no moment without the programs; then it is unpinned, which detaches it.
 pub fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()> {
     let cg = File::open(cgroup).map_err(DatapathError::io("opening cgroup", cgroup))?;
-    // NB: a macro, not a function: aya's program types share these methods but no trait.
     macro_rules! attach {
         ($ty:ty, $name:expr) => {{
             let name: &'static str = $name;
-            let err = |source| DatapathError::Program { name, source };
-            let prog: &mut $ty = program(ebpf, name)?;
-            prog.load().map_err(err)?;
-            // NB: with bpf_link (kernel 5.7+) "Single" means flags 0, and links on one cgroup
-            // still run side by side; BPF_F_ALLOW_MULTI is refused there with EINVAL.
-            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(err)?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(err)?
-                .try_into()
-                .map_err(|source| DatapathError::Link { path: links_dir.join(name), source })?;
+            let (link, _) = cgroup_link!(ebpf, $ty, name, &cg, links_dir.join(name));
             replace_pin(link, &links_dir.join(name))?;
         }};
     }
