@@ -109,10 +109,15 @@ fn failed(e: &std::io::Error) -> Conn {
 }
 
 fn tcp_once(addr: SocketAddr) -> (Option<BufReader<TcpStream>>, Conn) {
-    let s = match TcpStream::connect_timeout(&addr, timeout()) {
-        Ok(s) => s,
-        Err(e) => return (None, failed(&e)),
-    };
+    match TcpStream::connect_timeout(&addr, timeout()) {
+        Ok(s) => greet(s),
+        Err(e) => (None, failed(&e)),
+    }
+}
+
+/// Reads a connected socket's greeting: the connection as the probe reports it, and the
+/// socket to go on with.
+fn greet(s: TcpStream) -> (Option<BufReader<TcpStream>>, Conn) {
     let _ = s.set_read_timeout(Some(timeout()));
     let peer = s.peer_addr().ok().map(|p| p.to_string());
     let mut r = BufReader::new(s);
@@ -238,17 +243,7 @@ fn reconnect(first: SocketAddr, second: SocketAddr) {
     if let Err(e) = attempt(second) {
         return emit(&failed(&e.into()));
     }
-    let s = TcpStream::from(fd);
-    let _ = s.set_read_timeout(Some(timeout()));
-    let peer = s.peer_addr().ok().map(|p| p.to_string());
-    let mut r = BufReader::new(s);
-    let mut greeting = String::new();
-    match r.read_line(&mut greeting) {
-        Ok(_) => {
-            emit(&Conn { peer, reply: Some(greeting.trim().to_owned()), errno: None, error: None })
-        }
-        Err(e) => emit(&failed(&e)),
-    }
+    emit(&greet(TcpStream::from(fd)).1);
 }
 
 fn wait_stdin_eof() {
