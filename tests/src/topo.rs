@@ -98,22 +98,33 @@ impl Topo {
         run_probe(self.probe_cmd(args))
     }
 
+    /// The datapath's socket slots (`CONN_SLOTS`), opened from their pin.
+    pub fn conn_slots(&self) -> aya::maps::Array<aya::maps::MapData, ConnSlot> {
+        let data = self.pinned(maps::CONN_SLOTS);
+        aya::maps::Map::Array(data).try_into().expect("CONN_SLOTS is an array")
+    }
+
+    /// The datapath's overflow hash of sockets (`CONNS`), opened from its pin.
+    pub fn conns(&self) -> aya::maps::HashMap<aya::maps::MapData, u64, SockState> {
+        let data = self.pinned(maps::CONNS);
+        aya::maps::Map::HashMap(data).try_into().expect("CONNS is a hash")
+    }
+
+    fn pinned(&self, name: &str) -> aya::maps::MapData {
+        let path = viking::datapath::maps_dir(&self.bpf.path).join(name);
+        aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     /// Sockets the datapath tracks by cookie (slots of `CONN_SLOTS` taken, entries of
     /// `CONNS`), and the same counted per destination port (the sum of `CONN_PORTS`): both 0
     /// once every redirected socket closed.
     pub fn tracked_sockets(&self) -> (usize, u64) {
-        use aya::maps::{Array, HashMap, Map, MapData};
-        let dir = viking::datapath::maps_dir(&self.bpf.path);
-        let data = MapData::from_pin(dir.join(maps::CONNS)).expect("CONNS pinned");
-        let conns: HashMap<_, u64, SockState> =
-            Map::HashMap(data).try_into().expect("CONNS is a hash");
-        let entries = conns.keys().filter(Result::is_ok).count();
-        let data = MapData::from_pin(dir.join(maps::CONN_SLOTS)).expect("CONN_SLOTS pinned");
-        let slots: Array<_, ConnSlot> =
-            Map::Array(data).try_into().expect("CONN_SLOTS is an array");
+        let entries = self.conns().keys().filter(Result::is_ok).count();
+        let slots = self.conn_slots();
         let taken = slots.iter().filter_map(Result::ok).filter(|s| s.cookie != 0).count();
-        let data = MapData::from_pin(dir.join(maps::CONN_PORTS)).expect("CONN_PORTS pinned");
-        let ports: Array<_, u32> = Map::Array(data).try_into().expect("CONN_PORTS is an array");
+        let data = self.pinned(maps::CONN_PORTS);
+        let ports: aya::maps::Array<_, u32> =
+            aya::maps::Map::Array(data).try_into().expect("CONN_PORTS is an array");
         (entries + taken, ports.iter().filter_map(Result::ok).map(u64::from).sum())
     }
 

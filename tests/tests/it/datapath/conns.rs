@@ -7,24 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData};
-use viking::datapath::{maps_dir, Algo, Proto};
-use viking_common::{maps, ConnSlot, SockState, MAX_CONNS, MAX_CONN_SLOTS};
+use viking::datapath::{Algo, Proto};
+use viking_common::{ConnSlot, SockState, MAX_CONNS, MAX_CONN_SLOTS};
 use viking_tests::{
     probe::{Conn, Summary},
     topo::{finish, read_until_ready, Topo, SERVER_IPS},
 };
-
-fn conns(t: &Topo) -> HashMap<MapData, u64, SockState> {
-    let data = MapData::from_pin(maps_dir(&t.bpf.path).join(maps::CONNS)).expect("CONNS pinned");
-    Map::HashMap(data).try_into().expect("CONNS is a hash")
-}
-
-fn slots(t: &Topo) -> Array<MapData, ConnSlot> {
-    let data =
-        MapData::from_pin(maps_dir(&t.bpf.path).join(maps::CONN_SLOTS)).expect("CONN_SLOTS pinned");
-    Map::Array(data).try_into().expect("CONN_SLOTS is an array")
-}
 
 /// Cookies no socket has (the kernel counts them up from 1).
 fn fake(i: u64) -> u64 {
@@ -33,7 +21,7 @@ fn fake(i: u64) -> u64 {
 
 /// Takes every slot with a cookie no socket has (`on`), or frees them all.
 fn take_every_slot(t: &Topo, on: bool) {
-    let mut slots = slots(t);
+    let mut slots = t.conn_slots();
     for i in 0..MAX_CONN_SLOTS {
         let cookie = if on { fake(u64::from(i)) } else { 0 };
         slots.set(i, ConnSlot { cookie, state: SockState::default() }, 0).expect("CONN_SLOTS");
@@ -111,7 +99,7 @@ fn sockets_whose_slot_is_taken_go_to_the_hash_and_past_it_to_their_storage() {
         held.iter().all(|c| c.peer.as_deref() == Some("127.0.0.1:7502")),
         "getpeername reports the ambassador from the hash: {held:?}"
     );
-    let mut table = conns(&t);
+    let mut table = t.conns();
     assert_eq!(table.keys().filter(Result::is_ok).count(), 5, "in CONNS, their slots taken");
     assert_eq!(t.table().sockets().unwrap().tracked, 5, "as viking status shows");
 
@@ -158,7 +146,7 @@ fn a_socket_connected_again_after_a_failed_connect_leaves_nothing_behind() {
     let first = read_until_ready(&mut probe);
     assert_eq!(first[0].errno, Some(libc::ECONNREFUSED), "{first:?}");
     assert_eq!(
-        conns(&t).keys().filter(Result::is_ok).count(),
+        t.conns().keys().filter(Result::is_ok).count(),
         1,
         "its first connect went to the hash: its slot was taken"
     );
