@@ -3,6 +3,7 @@
 mod balance;
 mod chain;
 mod conns;
+mod floor;
 mod health;
 mod redis;
 mod restart;
